@@ -1,0 +1,273 @@
+"""The ``featmatch`` command line: a thin layer over the Python API.
+
+Exit codes (the contract scripts rely on):
+    0  success (a homography was found / the command did its job)
+    1  a bug in featmatch (please report it with FEATMATCH_DEBUG=1 output)
+    2  bad usage or unusable input (missing file, not an image, missing model, ...)
+    3  no reliable homography (too few matches or inliers, or a degenerate estimate)
+
+Heavy modules (torch, kornia) load only when a command needs them, so ``featmatch --help``
+and ``featmatch match --descriptor sift`` never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
+
+#: Subcommands living in other modules: name -> "module:attribute", imported on first use.
+LAZY_COMMANDS = {
+    "train": "featmatch.train.cli:train",
+    "eval-patches": "featmatch.train.cli:eval_patches",
+}
+
+
+class FeatmatchGroup(click.Group):
+    """A click group that loads some commands lazily and turns errors into exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [name for name, target in LAZY_COMMANDS.items() if _module_exists(target.split(":")[0])]
+        return sorted(set(super().list_commands(ctx)) | set(available))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            if _module_exists(module):
+                return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FeatmatchError as exc:
+            click.echo(f"featmatch: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("featmatch: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # anything else is our bug: say so in one line
+            if os.environ.get("FEATMATCH_DEBUG"):
+                raise
+            click.echo(
+                f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {exc} "
+                "(set FEATMATCH_DEBUG=1 for the traceback)",
+                err=True,
+            )
+            ctx.exit(EXIT_BUG)
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=FeatmatchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="featmatch")
+@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug detail).")
+def cli(verbose: int) -> None:
+    """featmatch: match local features between images, estimate homographies, stitch.
+
+    \b
+    Examples:
+      featmatch match a.jpg b.jpg --plot matches.png
+      featmatch match a.jpg b.jpg --descriptor sift --json
+    \b
+    Exit codes: 0 success, 2 bad usage or input, 3 no reliable homography, 1 a bug.
+    """
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(name)s: %(message)s")
+
+
+def _descriptor_names() -> list[str]:
+    from .describe import DESCRIPTORS
+
+    return sorted(DESCRIPTORS)
+
+
+@cli.command("match")
+@click.argument("img1", type=click.Path(dir_okay=True))
+@click.argument("img2", type=click.Path(dir_okay=True))
+@click.option(
+    "--descriptor",
+    "-d",
+    type=click.Choice(_descriptor_names()),
+    default="hardnet",
+    show_default=True,
+    help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
+)
+@click.option(
+    "--max-keypoints",
+    "-n",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Keep at most this many keypoints per image, the strongest first.",
+)
+@click.option(
+    "--ratio",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.8,
+    show_default=True,
+    help="Lowe's ratio test: keep a match if nearest < RATIO x second nearest distance (1 disables).",
+)
+@click.option(
+    "--mutual/--no-mutual",
+    default=False,
+    show_default=True,
+    help="Also require the match to be nearest in the other direction.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the CNN runs: auto picks CUDA when available.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="CNN arithmetic: auto = bf16 on CPUs with native bf16, fp16 on CUDA, else fp32.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["magsac", "accurate", "default", "fast", "prosac", "ransac"]),
+    default="magsac",
+    show_default=True,
+    help="Robust estimator (OpenCV USAC variants; magsac = MAGSAC++).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="RANSAC reprojection threshold in pixels.",
+)
+@click.option(
+    "--min-inliers",
+    type=click.IntRange(min=4),
+    default=12,
+    show_default=True,
+    help="Fewest inliers for a homography to be reported.",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=64),
+    default=2048,
+    show_default=True,
+    help="Images larger than this (longer side, pixels) are downscaled for detection; "
+    "results stay in full-resolution pixels.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Write both images side by side with inlier matches in green and outliers in red (PNG/JPEG).",
+)
+@click.option("--warp", type=click.Path(dir_okay=False), help="Write IMG1 warped into IMG2's frame, blended over IMG2.")
+@click.option("--profile", is_flag=True, help="Print per-stage times to stderr.")
+def match_command(
+    img1,
+    img2,
+    descriptor,
+    max_keypoints,
+    ratio,
+    mutual,
+    device,
+    precision,
+    method,
+    threshold,
+    min_inliers,
+    max_side,
+    as_json,
+    plot,
+    warp,
+    profile,
+):
+    """Estimate the homography mapping IMG1 to IMG2.
+
+    The homography maps full-resolution pixel coordinates (x, y, 1) of IMG1, origin at the
+    centre of the top-left pixel (OpenCV's convention), to IMG2.
+
+    \b
+    Exit codes: 0 found, 3 no reliable homography (JSON still printed, with
+    "homography": null and a "reason"), 2 bad usage or unreadable input, 1 a bug.
+    """
+    from .detect import DetectConfig
+    from .geometry import GeometryConfig
+    from .imageio import load_image
+    from .match import MatchConfig
+    from .pipeline import Matcher
+
+    image1, image2 = load_image(img1), load_image(img2)
+    matcher = Matcher(
+        descriptor,
+        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
+        match=MatchConfig(ratio=ratio, mutual=mutual),
+        geometry=GeometryConfig(method=method, threshold=threshold, min_inliers=min_inliers),
+        device=device,
+        precision=precision,
+    )
+    result = matcher.match(image1, image2)
+
+    if plot:
+        from .plot import draw_matches, write_image
+
+        write_image(
+            plot,
+            draw_matches(
+                image1.color, image2.color, result.keypoints1, result.keypoints2, result.matches, result.inliers
+            ),
+        )
+    if warp:
+        from .plot import warp_overlay, write_image
+
+        if result.ok:
+            write_image(warp, warp_overlay(image1.color, image2.color, result.homography))
+        else:
+            click.echo(f"featmatch: not writing {warp}: there is no homography to warp with", err=True)
+
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        _print_summary(img1, img2, result)
+    if profile:
+        t = result.timings_ms
+        click.echo("profile (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()), err=True)
+    if not result.ok:
+        click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
+        sys.exit(EXIT_NO_HOMOGRAPHY)
+
+
+def _print_summary(img1: str, img2: str, result) -> None:
+    n1, n2 = len(result.keypoints1), len(result.keypoints2)
+    click.echo(f"{img1} -> {img2}  [{result.descriptor}]")
+    click.echo(f"keypoints {n1} / {n2}   matches {len(result.matches)}   inliers {result.num_inliers}")
+    if result.ok:
+        click.echo("homography (IMG1 pixels -> IMG2 pixels):")
+        for row in result.homography:
+            click.echo("  [" + "  ".join(f"{v: .6g}" for v in row) + "]")
+    t = result.timings_ms
+    click.echo(
+        f"time {t.get('total', 0):.0f} ms (detect {t.get('detect', 0):.0f}, describe {t.get('describe', 0):.0f}, "
+        f"match {t.get('match', 0):.0f}, geometry {t.get('geometry', 0):.0f})"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="featmatch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

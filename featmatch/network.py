@@ -1,0 +1,129 @@
+"""The HardNet / L2-Net patch descriptor network and the one weight resolver.
+
+Both learned descriptors, ``hardnet`` and ``exptloss``, use this architecture; they differ
+only in the loss they were trained with. Layer names match kornia's ``HardNet`` module, so a
+state dict of ours loads into kornia's class too (the benchmarks rely on it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, ModelNotFoundError
+from .patches import PATCH_SIZE
+
+#: Descriptor length.
+DESCRIPTOR_DIM = 128
+#: Environment variable that points the resolver at another models folder.
+MODELS_ENV = "FEATMATCH_MODELS"
+
+
+class HardNet(nn.Module):
+    """L2-Net / HardNet: 7 convolutions, BN without affine, dropout, 128-d unit-norm output.
+
+    Shape:
+        - Input: ``(B, 1, 32, 32)`` patches, any intensity range (each patch is normalized to
+          zero mean and unit standard deviation inside ``forward``).
+        - Output: ``(B, 128)`` L2-normalized descriptors.
+    """
+
+    def __init__(self, dropout: float = 0.3):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout, affine=False),
+                nn.ReLU(),
+            ]
+
+        self.features = nn.Sequential(
+            *block(1, 32),
+            *block(32, 32),
+            *block(32, 64, stride=2),
+            *block(64, 64),
+            *block(64, 128, stride=2),
+            *block(128, 128),
+            nn.Dropout(dropout),
+            nn.Conv2d(128, DESCRIPTOR_DIM, kernel_size=8, bias=False),
+            nn.BatchNorm2d(DESCRIPTOR_DIM, affine=False),
+        )
+
+    @staticmethod
+    def normalize_input(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Per-patch zero mean, unit standard deviation."""
+        flat = x.flatten(1)
+        mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+        std = flat.std(dim=1).view(-1, 1, 1, 1)
+        return (x - mean) / (std + eps)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        if patches.ndim != 4 or patches.shape[1:] != (1, PATCH_SIZE, PATCH_SIZE):
+            raise ConfigError(f"HardNet expects (B, 1, {PATCH_SIZE}, {PATCH_SIZE}) patches, got {tuple(patches.shape)}")
+        x = self.features(self.normalize_input(patches))
+        return F.normalize(x.flatten(1).float(), dim=1)
+
+
+def models_dir() -> Path:
+    """Where weights are looked up: ``$FEATMATCH_MODELS`` or the repository's ``models/``."""
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def weight_path(name: str) -> Path:
+    return models_dir() / f"{name}.pt"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model: nn.Module, path: Path, half: bool = True) -> Path:
+    """Write a state dict (fp16 floats when ``half``) and its ``.sha256`` beside it."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    Path(str(path) + ".sha256").write_text(sha256_of(path) + "\n")
+    return path
+
+
+def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
+    """Load ``models/<name>.pt`` into a :class:`HardNet` in ``eval()`` mode. Never downloads.
+
+    Raises:
+        ModelNotFoundError: the file is missing, its sha256 does not match the recorded one,
+            or it does not fit the architecture.
+    """
+    path = weight_path(name)
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"no weights for descriptor '{name}': {path} does not exist. featmatch never downloads "
+            f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
+            f"{MODELS_ENV} to a folder that has {name}.pt"
+        )
+    digest_file = Path(str(path) + ".sha256")
+    if digest_file.is_file():
+        expected = digest_file.read_text().split()[0]
+        if sha256_of(path) != expected:
+            raise ModelNotFoundError(
+                f"weights {path} do not match their recorded sha256 ({digest_file}); the file is corrupt"
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = HardNet()
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except Exception as exc:  # a broken or foreign file is a user problem, not a bug
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: {exc}") from None
+    return model.eval().to(device)

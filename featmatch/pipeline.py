@@ -1,0 +1,236 @@
+"""The pipeline: load -> detect -> describe -> match -> homography, composed from the stages.
+
+:class:`Matcher` holds the built stages (so a CNN is loaded once for many pairs) and keeps no
+state between calls. The module-level functions are the short forms of the Python API.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .describe import DEFAULT_DESCRIPTOR, build_descriptor, resolve_device
+from .detect import DetectConfig, Keypoints, detect
+from .errors import ConfigError
+from .geometry import GeometryConfig
+from .geometry import estimate_homography as fit_homography
+from .imageio import Image, ImageLike, load_image
+from .match import MatchConfig, match_descriptors
+
+
+@dataclass(frozen=True)
+class Features:
+    """Keypoints and descriptors of one image.
+
+    Attributes:
+        keypoints: the detected :class:`~featmatch.detect.Keypoints` (full-resolution ``xy``).
+        descriptors: ``(N, 128)`` float32.
+        image_shape: ``(H, W)`` of the full-resolution image.
+    """
+
+    keypoints: Keypoints
+    descriptors: np.ndarray
+    image_shape: tuple[int, int]
+
+    @property
+    def xy(self) -> np.ndarray:
+        return self.keypoints.xy
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """The answer for one image pair.
+
+    Attributes:
+        homography: ``(3, 3)`` mapping pixel ``(x, y, 1)`` of image 1 (full resolution, origin
+            at the top-left pixel centre) to image 2, or None when none could be trusted.
+        keypoints1, keypoints2: ``(N1, 2)`` and ``(N2, 2)`` pixel coordinates.
+        matches: ``(M, 2)`` index pairs into keypoints1 / keypoints2.
+        inliers: ``(M,)`` bool mask of the matches consistent with the homography.
+        descriptor: the descriptor's name.
+        timings_ms: per-stage wall time in milliseconds (``load``, ``detect``, ``describe``,
+            ``match``, ``geometry``, ``total``).
+        reason: why ``homography`` is None (None on success).
+        shapes: ``((H1, W1), (H2, W2))``.
+    """
+
+    homography: np.ndarray | None
+    keypoints1: np.ndarray
+    keypoints2: np.ndarray
+    matches: np.ndarray
+    inliers: np.ndarray
+    descriptor: str
+    timings_ms: dict = field(default_factory=dict)
+    reason: str | None = None
+    shapes: tuple = ((0, 0), (0, 0))
+
+    @property
+    def ok(self) -> bool:
+        return self.homography is not None
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inliers.sum())
+
+    def to_json(self) -> dict:
+        """The ``featmatch match --json`` object."""
+        return {
+            "homography": None if self.homography is None else [[float(v) for v in row] for row in self.homography],
+            "keypoints": [int(len(self.keypoints1)), int(len(self.keypoints2))],
+            "matches": int(len(self.matches)),
+            "inliers": self.num_inliers,
+            "descriptor": self.descriptor,
+            "timings_ms": {k: round(float(v), 2) for k, v in self.timings_ms.items()},
+            "reason": self.reason,
+        }
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Matcher:
+    """A reusable two-image matcher.
+
+    Args:
+        descriptor: a name from :data:`featmatch.describe.DESCRIPTORS`.
+        detect: detector options.
+        match: matcher options.
+        geometry: homography options.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: CNN precision (see :class:`featmatch.describe.CNNDescriptor`).
+        describer: a ready descriptor callable (overrides ``descriptor``'s lookup; tests
+            use it to plug in a random-weight CNN).
+    """
+
+    def __init__(
+        self,
+        descriptor: str = DEFAULT_DESCRIPTOR,
+        detect: DetectConfig = DetectConfig(),
+        match: MatchConfig = MatchConfig(),
+        geometry: GeometryConfig = GeometryConfig(),
+        device: str = "auto",
+        precision: str = "auto",
+        describer=None,
+    ):
+        self.descriptor = descriptor
+        self.detect_config = detect
+        self.match_config = match
+        self.geometry_config = geometry
+        if describer is not None:
+            self.describer = describer
+            self.device = getattr(describer, "device", "cpu")
+        elif descriptor in ("sift", "rootsift"):
+            self.describer = build_descriptor(descriptor)
+            self.device = "cpu" if device == "auto" else resolve_device(device)
+        else:
+            self.describer = build_descriptor(descriptor, device=device, precision=precision)
+            self.device = self.describer.device
+
+    def detect(self, image: ImageLike | Image) -> Keypoints:
+        img = image if isinstance(image, Image) else load_image(image)
+        return detect(img.gray, self.detect_config)
+
+    def features(self, image: ImageLike | Image) -> Features:
+        """Keypoints and descriptors of one image."""
+        img = image if isinstance(image, Image) else load_image(image)
+        kps = detect(img.gray, self.detect_config)
+        return Features(kps, self.describer(kps), img.shape)
+
+    def match_features(self, f1: Features, f2: Features, timings: dict | None = None) -> MatchResult:
+        """Match two already described images and estimate the homography."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        m = match_descriptors(f1.descriptors, f2.descriptors, self.match_config, self.device)
+        timings["match"] = _ms(t0)
+        t0 = time.perf_counter()
+        est = fit_homography(f1.xy[m.pairs[:, 0]], f2.xy[m.pairs[:, 1]], f1.image_shape, self.geometry_config)
+        timings["geometry"] = _ms(t0)
+        reason = est.reason
+        if min(len(f1), len(f2)) == 0:
+            which = "both images" if len(f1) == len(f2) == 0 else ("image 1" if len(f1) == 0 else "image 2")
+            reason = f"no keypoints found in {which} (textureless or too small?)"
+        return MatchResult(
+            homography=est.H,
+            keypoints1=f1.xy,
+            keypoints2=f2.xy,
+            matches=m.pairs,
+            inliers=est.inliers,
+            descriptor=self.descriptor,
+            timings_ms=timings,
+            reason=reason,
+            shapes=(f1.image_shape, f2.image_shape),
+        )
+
+    def match(self, image1: ImageLike | Image, image2: ImageLike | Image) -> MatchResult:
+        """Estimate the homography from ``image1`` to ``image2`` (paths, arrays or Images)."""
+        t_start = time.perf_counter()
+        timings: dict = {}
+        t0 = time.perf_counter()
+        img1 = image1 if isinstance(image1, Image) else load_image(image1)
+        img2 = image2 if isinstance(image2, Image) else load_image(image2)
+        timings["load"] = _ms(t0)
+        t0 = time.perf_counter()
+        # OpenCV releases the GIL while detecting: the two images run on two cores.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            k1, k2 = pool.map(lambda im: detect(im.gray, self.detect_config), (img1, img2))
+        timings["detect"] = _ms(t0)
+        t0 = time.perf_counter()
+        f1 = Features(k1, self.describer(k1), img1.shape)
+        f2 = Features(k2, self.describer(k2), img2.shape)
+        timings["describe"] = _ms(t0)
+        result = self.match_features(f1, f2, timings)
+        timings["total"] = _ms(t_start)
+        return result
+
+
+def _split_options(options: dict) -> dict:
+    """Map flat keyword options onto the stage configs; unknown names are an error."""
+    groups = {"detect": DetectConfig, "match": MatchConfig, "geometry": GeometryConfig}
+    fields = {name: set(cls.__dataclass_fields__) for name, cls in groups.items()}
+    per: dict = {name: {} for name in groups}
+    rest = {}
+    for key, value in options.items():
+        owner = [name for name, f in fields.items() if key in f]
+        if owner:
+            per[owner[0]][key] = value
+        elif key in ("device", "precision", "describer"):
+            rest[key] = value
+        else:
+            valid = sorted(set().union(*fields.values()) | {"device", "precision", "describer"})
+            raise ConfigError(f"unknown option '{key}'; valid options: {', '.join(valid)}")
+    return {**{name: groups[name](**kw) for name, kw in per.items()}, **rest}
+
+
+def estimate_homography(
+    image1: ImageLike, image2: ImageLike, descriptor: str = DEFAULT_DESCRIPTOR, **options
+) -> MatchResult:
+    """Estimate the homography mapping ``image1`` to ``image2``.
+
+    Args:
+        image1, image2: paths or numpy arrays (grayscale, BGR or BGRA; uint8, uint16 or float).
+        descriptor: ``sift``, ``rootsift``, ``hardnet`` or ``exptloss``.
+        **options: any field of :class:`DetectConfig` (``max_keypoints``, ``max_side``, ...),
+            :class:`MatchConfig` (``ratio``, ``mutual``), :class:`GeometryConfig`
+            (``method``, ``threshold``, ``min_inliers``, ...), plus ``device`` and ``precision``.
+
+    Returns:
+        A :class:`MatchResult`; ``result.homography`` is None (and ``result.reason`` says why)
+        when no trustworthy homography exists.
+
+    Raises:
+        ImageReadError: an image cannot be read or used.
+        ConfigError, ModelNotFoundError, DeviceError: bad options or a missing model.
+    """
+    return Matcher(descriptor, **_split_options(options)).match(image1, image2)
+
+
+def describe(image: ImageLike, descriptor: str = DEFAULT_DESCRIPTOR, **options) -> Features:
+    """Keypoints and descriptors of one image (options as in :func:`estimate_homography`)."""
+    return Matcher(descriptor, **_split_options(options)).features(image)

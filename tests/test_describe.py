@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from featmatch.describe import DESCRIPTORS, CNNDescriptor, SiftDescriptor, build_descriptor
+from featmatch.detect import DetectConfig, detect
+from featmatch.errors import ConfigError, ModelNotFoundError
+from featmatch.inference import fold_for_inference
+from featmatch.network import HardNet, load_weights, save_weights
+
+
+def _random_net(seed=0):
+    torch.manual_seed(seed)
+    net = HardNet()
+    # give BatchNorm non-trivial running statistics so that folding is really tested
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(64, 1, 32, 32))
+    return net.eval()
+
+
+def test_registry_names():
+    assert sorted(DESCRIPTORS) == ["exptloss", "hardnet", "rootsift", "sift"]
+    with pytest.raises(ConfigError, match="choose one of exptloss, hardnet, rootsift, sift"):
+        build_descriptor("surf")
+
+
+def test_folded_network_equals_original():
+    net = _random_net()
+    x = torch.rand(50, 1, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+        got = fold_for_inference(net, "cpu")(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(want.norm(dim=1), torch.ones(50), atol=1e-5)
+
+
+def test_bf16_descriptors_close_to_fp32(gray_photo):
+    kps = detect(gray_photo, DetectConfig(max_keypoints=300))
+    net = _random_net()
+    fp32 = CNNDescriptor("t", device="cpu", precision="fp32", model=net)(kps)
+    bf16 = CNNDescriptor("t", device="cpu", precision="bf16", model=net, batch_size=64)(kps)
+    assert fp32.shape == (300, 128)
+    cos = (fp32 * bf16).sum(1)
+    assert cos.min() > 0.99
+
+
+def test_weights_round_trip_and_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATMATCH_MODELS", str(tmp_path))
+    net = _random_net(1)
+    save_weights(net, tmp_path / "hardnet.pt")
+    loaded = load_weights("hardnet")
+    x = torch.rand(20, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), atol=1e-3, rtol=0)
+    # a corrupted file is caught by its recorded sha256
+    data = bytearray((tmp_path / "hardnet.pt").read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / "hardnet.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelNotFoundError, match="sha256"):
+        load_weights("hardnet")
+
+
+def test_missing_weights_say_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATMATCH_MODELS", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="featmatch train"):
+        build_descriptor("exptloss", device="cpu")
+
+
+def test_rootsift_is_hellinger_normalized(gray_photo):
+    kps = detect(gray_photo, DetectConfig(max_keypoints=100))
+    s = SiftDescriptor()(kps)
+    r = SiftDescriptor(root=True)(kps)
+    np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(r**2, s / s.sum(1, keepdims=True), atol=1e-6)
