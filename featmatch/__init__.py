@@ -23,6 +23,8 @@ _LAZY = {
     "MatchResult": "featmatch.pipeline",
     "Features": "featmatch.pipeline",
     "DESCRIPTORS": "featmatch.describe",
+    "stitch": "featmatch.stitching",
+    "batch": "featmatch.batching",
     "load_image": "featmatch.imageio",
     "FeatmatchError": "featmatch.errors",
     "ImageReadError": "featmatch.errors",

@@ -27,6 +27,10 @@ from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
 LAZY_COMMANDS = {
     "train": "featmatch.train.cli:train",
     "eval-patches": "featmatch.train.cli:eval_patches",
+    "eval": "featmatch.evaluation.cli:eval_command",
+    "bench": "featmatch.evaluation.cli:bench_command",
+    "stitch": "featmatch.stitching.cli:stitch_command",
+    "batch": "featmatch.batching.cli:batch_command",
 }
 
 
