@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
 from . import __version__
 from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
+from .geometry import DEFAULT_THRESHOLD
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
 LAZY_COMMANDS = {
@@ -153,7 +155,7 @@ def _descriptor_names() -> list[str]:
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0.0, min_open=True),
-    default=3.0,
+    default=DEFAULT_THRESHOLD,
     show_default=True,
     help="RANSAC reprojection threshold in pixels.",
 )
@@ -209,11 +211,14 @@ def match_command(
     """
     from .detect import DetectConfig
     from .geometry import GeometryConfig
-    from .imageio import load_image
+    from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
     from .pipeline import Matcher
 
-    image1, image2 = load_image(img1), load_image(img2)
+    t0 = time.perf_counter()
+    with native_stderr_silenced():
+        image1, image2 = load_image(img1), load_image(img2)
+    load_ms = (time.perf_counter() - t0) * 1000.0
     matcher = Matcher(
         descriptor,
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
@@ -223,6 +228,8 @@ def match_command(
         precision=precision,
     )
     result = matcher.match(image1, image2)
+    result.timings_ms["load"] = load_ms
+    result.timings_ms["total"] += load_ms
 
     if plot:
         from .plot import draw_matches, write_image

@@ -26,7 +26,7 @@ METHODS = {
 }
 DEFAULT_METHOD = "magsac"
 #: Default reprojection threshold in pixels.
-DEFAULT_THRESHOLD = 3.0
+DEFAULT_THRESHOLD = 2.0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Only OpenCV is used here so that the SIFT path never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -21,6 +24,8 @@ ImageLike = Union[str, os.PathLike, np.ndarray]
 MIN_SIDE = 16
 #: Images with more pixels than this are refused outright (OpenCV's own decoder limit is 2**30).
 MAX_PIXELS = 200_000_000
+#: Files larger than this are not read at all.
+MAX_FILE_BYTES = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -78,27 +83,80 @@ def _from_array(arr: np.ndarray, name: str) -> Image:
         raise ImageReadError(name, f"image is {w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
     if h * w > MAX_PIXELS:
         raise ImageReadError(name, f"image has {h * w / 1e6:.0f} MP; at most {MAX_PIXELS / 1e6:.0f} MP is supported")
-    unit = _to_unit_float(arr, name)
-    if unit.ndim == 3:
-        # Alpha is dropped: featmatch matches what is painted, not the transparency.
-        bgr = unit[:, :, :3]
-        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        color = (bgr * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3:
+        arr = arr[:, :, :3]  # an alpha channel in an array is dropped
+    if arr.dtype == np.uint8:
+        # 8-bit: convert to gray before going to float (a 50 MP image stays ~0.4 GB, not 1.5 GB)
+        color = arr if arr.ndim == 3 else cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+        gray8 = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if arr.ndim == 3 else arr
+        gray = gray8.astype(np.float32)
+        gray *= 1.0 / 255.0
     else:
-        gray = unit
-        color = cv2.cvtColor((unit * 255.0 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    return Image(gray=np.ascontiguousarray(gray, dtype=np.float32), color=color, name=name)
+        unit = _to_unit_float(arr, name)
+        gray = cv2.cvtColor(unit, cv2.COLOR_BGR2GRAY) if unit.ndim == 3 else unit
+        color8 = (unit * 255.0 + 0.5).astype(np.uint8)
+        color = color8 if unit.ndim == 3 else cv2.cvtColor(color8, cv2.COLOR_GRAY2BGR)
+    return Image(gray=np.ascontiguousarray(gray, dtype=np.float32), color=np.ascontiguousarray(color), name=name)
+
+
+def _truncation(data: bytes) -> str | None:
+    """Why an encoded JPEG or PNG looks cut short, or None.
+
+    Decoders return a partly grey image for a truncated JPEG with only a warning; catching
+    the missing end marker first turns that wrong answer into a clear error.
+    """
+    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-1024:]:
+        return "truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _composite_alpha(arr: np.ndarray) -> np.ndarray:
+    """BGRA or gray+alpha -> BGR / gray over mid-grey, so transparent areas carry no texture."""
+    colour, alpha = arr[:, :, :-1], arr[:, :, -1:]
+    amax = 255.0 if arr.dtype == np.uint8 else (65535.0 if arr.dtype == np.uint16 else max(float(alpha.max()), 1e-12))
+    a = alpha.astype(np.float32) / amax
+    mid = 0.5 * (255.0 if arr.dtype == np.uint8 else float(colour.max()))
+    out = colour.astype(np.float32) * a + mid * (1.0 - a)
+    if arr.dtype == np.uint8:
+        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return out[:, :, 0] if out.shape[2] == 1 else out
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode encoded image bytes with OpenCV.
+
+    JPEGs are decoded with their EXIF orientation applied; other formats keep their alpha
+    channel, which is composited over mid-grey.
+    """
+    why = _truncation(data)
+    if why:
+        raise ImageReadError(name, why)
+    buf = np.frombuffer(data, np.uint8)
+    is_jpeg = data[:3] == b"\xff\xd8\xff"
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg else cv2.IMREAD_UNCHANGED
+    try:
+        arr = cv2.imdecode(buf, flags)
+    except cv2.error as exc:  # some decoders raise instead of returning None
+        raise ImageReadError(name, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+    if arr is None or arr.size == 0:
+        raise ImageReadError(name, "not a readable image (unknown format, or the file is corrupt or truncated)")
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        arr = _composite_alpha(arr)
+    return arr
 
 
 def load_image(image: ImageLike) -> Image:
     """Load a path or wrap an array as an :class:`Image`.
 
-    Paths are decoded by OpenCV, which honours the EXIF orientation of JPEGs, expands palette
-    PNGs and keeps 16-bit depth. Arrays are taken as BGR (OpenCV's order) when they have colour.
+    Files are decoded by OpenCV: JPEGs with their EXIF orientation applied, palette PNGs
+    expanded, 16-bit and float images stretched to [0, 1], alpha composited over mid-grey.
+    Arrays are taken as BGR (OpenCV's order) when they have colour; a 4th channel is dropped.
 
     Raises:
-        ImageReadError: missing file, a folder, unreadable, not an image, truncated, too small
-            or too large. The message names the path.
+        ImageReadError: missing file, a folder, unreadable, empty, not an image, truncated,
+            too small or too large. The message names the path.
     """
     if isinstance(image, np.ndarray):
         return _from_array(image, "<array>")
@@ -109,14 +167,38 @@ def load_image(image: ImageLike) -> Image:
         raise ImageReadError(path, "no such file")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
-    if not os.access(path, os.R_OK):
-        raise ImageReadError(path, "permission denied")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty")
     try:
-        arr = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    except cv2.error as exc:  # some decoders raise instead of returning None
-        raise ImageReadError(path, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
-    if arr is None:
-        raise ImageReadError(path, "not a readable image (unknown format, or the file is corrupt or truncated)")
-    return _from_array(arr, str(path))
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageReadError(path, "file is empty")
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(path, f"file is {size / 1e6:.0f} MB; at most {MAX_FILE_BYTES / 1e6:.0f} MB is read")
+        data = path.read_bytes()
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return _from_array(decode_image(data, str(path)), str(path))
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Swallow what C libraries (libjpeg, libpng, libtiff) print on stderr while decoding.
+
+    The CLI uses it so that a user sees featmatch's one-line error, not a decoder's chatter.
+    It swaps file descriptor 2, so it is not meant for library code running in threads.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. under a test runner)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
