@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: Default descriptor of the API and the CLI.
 DEFAULT_DESCRIPTOR = "hardnet"
 #: Patches described per forward pass: bounds peak memory whatever the keypoint count.
-DEFAULT_BATCH_SIZE = 1024
+DEFAULT_BATCH_SIZE = 256
 #: Device choices of the CLI.
 DEVICES = ("auto", "cpu", "cuda")
 #: Precision choices of the CNN descriptors ("auto": bf16 on CPUs with native bf16, fp16 on CUDA).
