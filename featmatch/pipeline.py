@@ -190,7 +190,7 @@ class Matcher:
         return result
 
 
-def _split_options(options: dict) -> dict:
+def split_options(options: dict) -> dict:
     """Map flat keyword options onto the stage configs; unknown names are an error."""
     groups = {"detect": DetectConfig, "match": MatchConfig, "geometry": GeometryConfig}
     fields = {name: set(cls.__dataclass_fields__) for name, cls in groups.items()}
@@ -228,9 +228,9 @@ def estimate_homography(
         ImageReadError: an image cannot be read or used.
         ConfigError, ModelNotFoundError, DeviceError: bad options or a missing model.
     """
-    return Matcher(descriptor, **_split_options(options)).match(image1, image2)
+    return Matcher(descriptor, **split_options(options)).match(image1, image2)
 
 
 def describe(image: ImageLike, descriptor: str = DEFAULT_DESCRIPTOR, **options) -> Features:
     """Keypoints and descriptors of one image (options as in :func:`estimate_homography`)."""
-    return Matcher(descriptor, **_split_options(options)).features(image)
+    return Matcher(descriptor, **split_options(options)).features(image)

@@ -1,0 +1,190 @@
+"""featmatch stitch vs OpenCV's cv2.Stitcher (PANORAMA and SCANS) on the real photo sets.
+
+For every overlapping set in ../shared/data it runs the three stitchers one after the other,
+in one process, and prints a Markdown table: images placed / images in the set (a distractor
+such as weir_noise should be left out), and wall time. With ``--ground-truth`` it also stitches
+the viewpoint sequences with known homographies (Oxford graf, HPatches v_*) and prints the
+corner error of the panorama's img1 -> imgK homographies against the truth.
+
+    python benchmarks/stitch_vs_opencv.py [--sets weir,budapest] [--out /tmp/stitch-out] [--ground-truth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TUT = DATA / "stitching-tutorial" / "imgs"
+PAN = DATA / "panoramas-image-stitching" / "input_image"
+
+
+def _listed(folder: Path) -> list[Path]:
+    """Files of a panoramas-image-stitching folder in image_list.txt's order."""
+    names = [
+        ln.split()[0] for ln in (folder / "image_list.txt").read_text().splitlines() if ln.strip() and ln[0] != "#"
+    ]
+    return [folder / n for n in names]
+
+
+#: name -> (images, how many of them belong in the panorama)
+SETS = {
+    "budapest": ([TUT / f"budapest{k}.jpg" for k in range(1, 7)], 6),
+    "weir+noise": ([TUT / f"weir_{k}.jpg" for k in range(1, 4)] + [TUT / "weir_noise.jpg"], 3),
+    "exposure_error": ([TUT / "exposure_error_1.jpg", TUT / "exposure_error_2.jpg"], 2),
+    "barcode": ([TUT / "barcode1.png", TUT / "barcode2.png"], 2),
+    "parrington": (_listed(PAN / "parrington"), 18),
+    "grail": (_listed(PAN / "grail"), 18),
+    "library": (_listed(PAN / "library"), 14),
+    "xue-mountain": (_listed(PAN / "Xue-Mountain-Enterance"), 16),
+    "roofs": ([DATA / "vlfeat-pairs" / "roofs1.jpg", DATA / "vlfeat-pairs" / "roofs2.jpg"], 2),
+    "river": ([DATA / "vlfeat-pairs" / "river1.jpg", DATA / "vlfeat-pairs" / "river2.jpg"], 2),
+    "aero": ([DATA / "opencv-samples" / "aero1.jpg", DATA / "opencv-samples" / "aero3.jpg"], 2),
+}
+
+
+def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int) -> tuple[int, float, str]:
+    from featmatch.errors import FeatmatchError
+    from featmatch.stitching import stitch
+
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = stitch([str(p) for p in paths], max_keypoints=max_keypoints)
+    except FeatmatchError as exc:
+        return 0, time.perf_counter() - t0, f"error: {str(exc)[:60]}"
+    dt = time.perf_counter() - t0
+    if out is not None:
+        cv2.imwrite(str(out), r.panorama)
+    return len(r.placed), dt, r.projection
+
+
+def run_opencv(paths: list[Path], mode: int, out: Path | None) -> tuple[int, float, str]:
+    images = [cv2.imread(str(p)) for p in paths]
+    stitcher = cv2.Stitcher_create(mode)
+    t0 = time.perf_counter()
+    try:
+        status, pano = stitcher.stitch(images)
+    except cv2.error as exc:
+        return 0, time.perf_counter() - t0, f"cv2.error {str(exc).strip().splitlines()[-1][:40]}"
+    dt = time.perf_counter() - t0
+    if status != cv2.Stitcher_OK:
+        return 0, dt, f"status {status}"
+    if out is not None:
+        cv2.imwrite(str(out), pano)
+    return len(np.asarray(stitcher.component()).ravel()), dt, "ok"
+
+
+def _cell(placed: int, n: int, want: int, dt: float, note: str) -> str:
+    mark = "✔" if placed == want else "✘"
+    return f"{mark} {placed}/{n} in {dt:.1f} s" + (f" ({note})" if note not in ("ok", "") else "")
+
+
+def benchmark(names: list[str], out_dir: Path | None, max_keypoints: int) -> str:
+    rows = [
+        "| set | images | featmatch stitch (sift) | cv2.Stitcher PANORAMA | cv2.Stitcher SCANS |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        paths, want = SETS[name]
+        n = len(paths)
+        cells = []
+        fm = run_featmatch(paths, out_dir / f"{name}_featmatch.jpg" if out_dir else None, max_keypoints)
+        cells.append(_cell(*fm[:1], n, want, fm[1], fm[2]))
+        for label, mode in (("panorama", cv2.Stitcher_PANORAMA), ("scans", cv2.Stitcher_SCANS)):
+            res = run_opencv(paths, mode, out_dir / f"{name}_opencv_{label}.jpg" if out_dir else None)
+            cells.append(_cell(res[0], n, want, res[1], res[2]))
+        rows.append(f"| {name} | {n} (want {want}) | " + " | ".join(cells) + " |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
+def _read_h(path: Path) -> np.ndarray:
+    return np.loadtxt(path)
+
+
+GT_SEQUENCES = {
+    "oxford graf": (
+        [DATA / "oxford-affine" / "test-graf" / f"img{k}.png" for k in range(1, 7)],
+        [DATA / "oxford-affine" / "test-graf" / f"H1to{k}p" for k in range(2, 7)],
+    ),
+    **{
+        f"hpatches {s}": (
+            [DATA / "hpatches-sequences" / s / f"{k}.ppm" for k in range(1, 7)],
+            [DATA / "hpatches-sequences" / s / f"H_1_{k}" for k in range(2, 7)],
+        )
+        for s in ("v_graffiti", "v_churchill", "v_wormhole", "v_dogman")
+    },
+}
+
+
+def ground_truth(max_keypoints: int) -> str:
+    """Stitch images 1..6 of each sequence (planar) and compare img1 -> imgK with the truth."""
+    from featmatch.errors import FeatmatchError
+    from featmatch.geometry import corners, project
+    from featmatch.stitching import stitch
+
+    rows = [
+        "| sequence | placed | 1→2 | 1→3 | 1→4 | 1→5 | 1→6 | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (images, hs) in GT_SEQUENCES.items():
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = stitch([str(p) for p in images], max_keypoints=max_keypoints, projection="planar")
+        except FeatmatchError as exc:
+            rows.append(f"| {name} | error: {exc} |  |  |  |  |  |  |")
+            continue
+        dt = time.perf_counter() - t0
+        shape = cv2.imread(str(images[0])).shape[:2]
+        c = corners(shape)
+        cells = []
+        for k, hp in enumerate(hs, start=1):
+            if 0 not in r.placed or k not in r.placed:
+                cells.append("dropped")
+                continue
+            err = np.linalg.norm(project(r.relative_homography(0, k), c) - project(_read_h(hp), c), axis=1)
+            cells.append(f"{err.mean():.2f} (max {err.max():.2f})")
+        rows.append(f"| {name} | {len(r.placed)}/6 | " + " | ".join(cells) + f" | {dt:.1f} s |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of: {', '.join(SETS)}")
+    ap.add_argument("--out", type=Path, help="write every panorama into this folder")
+    ap.add_argument("--max-keypoints", type=int, default=4000)
+    ap.add_argument("--ground-truth", action="store_true", help="also the corner errors on graf / HPatches")
+    ap.add_argument("--only-ground-truth", action="store_true", help="only the corner errors")
+    args = ap.parse_args()
+    names = [s for s in args.sets.split(",") if s]
+    unknown = [s for s in names if s not in SETS]
+    if unknown:
+        ap.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    cv2.setNumThreads(2)
+    if not args.only_ground_truth:
+        print(benchmark(names, args.out, args.max_keypoints))
+    if args.ground_truth or args.only_ground_truth:
+        print()
+        print(
+            "Corner error (pixels, mean over img1's 4 corners) of img1 -> imgK from one planar stitch of images 1..6:"
+        )
+        print()
+        print(ground_truth(args.max_keypoints))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Panoramas: stitch overlapping photos (``featmatch stitch`` and :func:`featmatch.stitch`).
+
+Modules, one per concern: :mod:`.config` (options, errors), :mod:`.graph` (pair selection,
+verification, spanning tree, reference), :mod:`.camera` (focal length, rotations, wave
+correction), :mod:`.refine` (joint least squares), :mod:`.warp` (planar, cylindrical,
+spherical), :mod:`.blend` (exposure, seams, blending, crop), :mod:`.stitcher` (the pipeline),
+:mod:`.plot` (the pair-graph / seam picture) and :mod:`.cli`.
+"""
+
+from __future__ import annotations
+
+from .config import (
+    BLENDS,
+    DEFAULT_STITCH_DESCRIPTOR,
+    PROJECTIONS,
+    StitchConfig,
+    StitchError,
+    StitchInputError,
+    StitchWarning,
+)
+from .stitcher import PairEdge, StitchResult, stitch
+
+__all__ = [
+    "BLENDS",
+    "DEFAULT_STITCH_DESCRIPTOR",
+    "PROJECTIONS",
+    "PairEdge",
+    "StitchConfig",
+    "StitchError",
+    "StitchInputError",
+    "StitchResult",
+    "StitchWarning",
+    "stitch",
+]

@@ -1,0 +1,190 @@
+"""``featmatch stitch``: a thin click layer over :func:`featmatch.stitching.stitch`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from ..geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
+from .config import (
+    BLENDS,
+    DEFAULT_BLEND,
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_PAIRS_PER_IMAGE,
+    DEFAULT_PROJECTION,
+    DEFAULT_STITCH_DESCRIPTOR,
+    PROJECTIONS,
+    StitchWarning,
+)
+
+#: File name endings taken from a folder given as IMG.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def _descriptor_names() -> list[str]:
+    from ..describe import DESCRIPTORS
+
+    return sorted(DESCRIPTORS)
+
+
+def _expand(paths: tuple[str, ...]) -> list[str]:
+    """Folders expand to their image files, sorted by name; files are kept as given."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+@click.command("stitch")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The panorama (PNG/JPEG).")
+@click.option(
+    "--descriptor",
+    "-d",
+    type=click.Choice(_descriptor_names()),
+    default=DEFAULT_STITCH_DESCRIPTOR,
+    show_default=True,
+    help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
+)
+@click.option(
+    "--max-keypoints", "-n", type=click.IntRange(min=1), default=4000, show_default=True, help="Keypoints per image."
+)
+@click.option(
+    "--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.8, show_default=True, help="Lowe's ratio test."
+)
+@click.option("--mutual/--no-mutual", default=False, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--method", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True)
+@click.option(
+    "--threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True
+)
+@click.option(
+    "--min-inliers",
+    type=click.IntRange(min=4),
+    default=20,
+    show_default=True,
+    help="Fewest inliers for two images to count as overlapping.",
+)
+@click.option("--max-side", type=click.IntRange(min=64), default=2048, show_default=True)
+@click.option(
+    "--projection",
+    type=click.Choice(PROJECTIONS),
+    default=DEFAULT_PROJECTION,
+    show_default=True,
+    help="auto: planar for scans and narrow sets, cylindrical when the cameras turn further than 50 degrees.",
+)
+@click.option("--blend", type=click.Choice(BLENDS), default=DEFAULT_BLEND, show_default=True)
+@click.option("--crop/--no-crop", default=False, show_default=True, help="Crop to the largest valid rectangle.")
+@click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
+@click.option(
+    "--focal", type=click.FloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
+)
+@click.option(
+    "--max-megapixels", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_MAX_MEGAPIXELS, show_default=True
+)
+@click.option(
+    "--pairs-per-image",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PAIRS_PER_IMAGE,
+    show_default=True,
+    help="Above 8 images, match each image with its K best candidates from a FAISS vote.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (homographies, placed/dropped, pair graph)."
+)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the seam layout and pair graph picture.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+def stitch_command(
+    images,
+    output,
+    descriptor,
+    max_keypoints,
+    ratio,
+    mutual,
+    device,
+    precision,
+    method,
+    threshold,
+    min_inliers,
+    max_side,
+    projection,
+    blend,
+    crop,
+    exposure,
+    focal,
+    max_megapixels,
+    pairs_per_image,
+    as_json,
+    plot,
+    progress,
+):
+    """Stitch overlapping photos IMAGES... (files or folders) into one panorama.
+
+    Images that overlap nothing are left out with a warning (and listed with --json).
+
+    \b
+    Exit codes: 0 written, 3 no pair of images overlaps (or the canvas would exceed
+    --max-megapixels), 2 bad usage or unreadable input (fewer than 2 images, missing file,
+    missing model), 1 a bug.
+    """
+    from ..detect import DetectConfig
+    from ..geometry import GeometryConfig
+    from ..match import MatchConfig
+    from ..pipeline import Matcher
+    from ..plot import write_image
+    from .config import StitchConfig, StitchInputError
+    from .stitcher import stitch
+
+    files = _expand(images)
+    if len(files) < 2:
+        raise StitchInputError(f"stitching needs at least 2 images, got {len(files)}")
+    out_dir = Path(output).parent
+    if not out_dir.exists():
+        raise StitchInputError(f"cannot write '{output}': folder '{out_dir}' does not exist")
+    matcher = Matcher(
+        descriptor,
+        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
+        match=MatchConfig(ratio=ratio, mutual=mutual),
+        geometry=GeometryConfig(method=method, threshold=threshold, min_inliers=min(min_inliers, 12)),
+        device=device,
+        precision=precision,
+    )
+    config = StitchConfig(
+        projection=projection,
+        blend=blend,
+        crop=crop,
+        exposure=exposure,
+        focal=focal,
+        max_megapixels=max_megapixels,
+        pairs_per_image=pairs_per_image,
+        min_inliers=min_inliers,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StitchWarning)
+        result = stitch(files, config=config, matcher=matcher, progress=progress)
+    for w in caught:
+        if issubclass(w.category, StitchWarning):
+            click.echo(f"featmatch: warning: {w.message}", err=True)
+    write_image(output, result.panorama)
+    if plot:
+        from .plot import draw_layout
+
+        write_image(plot, draw_layout(result))
+    if as_json:
+        click.echo(json.dumps({"output": str(output), "descriptor": descriptor, **result.to_json()}))
+    else:
+        h, w = result.panorama.shape[:2]
+        click.echo(
+            f"{output}: {w}x{h} {result.projection} panorama of {len(result.placed)}/{len(files)} images "
+            f"(reference {result.names[result.reference]}) in {result.timings_ms.get('total', 0) / 1000:.1f} s"
+        )
+        if result.dropped:
+            click.echo("dropped (no overlap): " + ", ".join(result.names[v] for v in result.dropped))

@@ -1,0 +1,102 @@
+"""Options, errors and the warning of the stitching package.
+
+The choices (``PROJECTIONS``, ``BLENDS``) are read by both the API and the CLI, and the
+defaults come from the same constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import EXIT_NO_HOMOGRAPHY, ConfigError, FeatmatchError
+
+#: Descriptor used by ``featmatch stitch`` and :func:`featmatch.stitch` when none is given.
+#: SIFT until trained weights ship in ``models/`` (the core default, hardnet, needs them).
+DEFAULT_STITCH_DESCRIPTOR = "sift"
+#: ``auto`` picks planar for narrow sets and scans, cylindrical for wide rotating-camera sets.
+PROJECTIONS = ("auto", "planar", "cylindrical", "spherical")
+DEFAULT_PROJECTION = "auto"
+BLENDS = ("multiband", "feather", "none")
+DEFAULT_BLEND = "multiband"
+#: Largest panorama canvas allocated (megapixels): a wrong homography must not eat the memory.
+DEFAULT_MAX_MEGAPIXELS = 50.0
+#: Up to this many images every pair is matched; above it a FAISS vote shortlists pairs.
+DEFAULT_EXHAUSTIVE_MAX = 8
+#: Candidate partners kept per image by the FAISS vote.
+DEFAULT_PAIRS_PER_IMAGE = 4
+
+
+class StitchError(FeatmatchError):
+    """The images cannot be stitched (nothing overlaps, the canvas would be absurd, ...).
+
+    Exit code 3, like every "no reliable homography" failure.
+    """
+
+    exit_code = EXIT_NO_HOMOGRAPHY
+
+
+class StitchInputError(FeatmatchError):
+    """Unusable input for stitching (fewer than two images); exit code 2."""
+
+
+class StitchWarning(UserWarning):
+    """Emitted when images are left out of a panorama because they connect to nothing."""
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    """Options of the stitcher (the matcher's options live in the :class:`~featmatch.Matcher`).
+
+    Attributes:
+        projection: one of :data:`PROJECTIONS`.
+        blend: one of :data:`BLENDS`.
+        crop: crop the panorama to the largest rectangle of valid pixels.
+        exposure: compensate gains between images (least squares over overlap means).
+        refine: jointly refine all transforms over all inlier matches after chaining.
+        wave_correct: straighten wide cylindrical/spherical panoramas (horizon level).
+        focal: focal length in pixels for cylindrical/spherical (None: estimated from the homographies).
+        max_megapixels: the largest canvas allowed; a larger one raises :class:`StitchError`.
+        exhaustive_max: match all pairs up to this many images, else shortlist by a FAISS vote.
+        pairs_per_image: candidate partners kept per image by the vote.
+        min_inliers: fewest inliers for a pair to count as overlapping.
+        inlier_alpha, inlier_beta: Brown & Lowe's test, a pair is kept when
+            ``inliers > alpha + beta * matches_in_overlap``.
+        max_points_per_pair: inliers per pair used by the refinement (evenly subsampled).
+        vote_descriptors: descriptors per image that take part in the FAISS vote.
+    """
+
+    projection: str = DEFAULT_PROJECTION
+    blend: str = DEFAULT_BLEND
+    crop: bool = False
+    exposure: bool = True
+    refine: bool = True
+    wave_correct: bool = True
+    focal: float | None = None
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    exhaustive_max: int = DEFAULT_EXHAUSTIVE_MAX
+    pairs_per_image: int = DEFAULT_PAIRS_PER_IMAGE
+    min_inliers: int = 20
+    inlier_alpha: float = 8.0
+    inlier_beta: float = 0.3
+    max_points_per_pair: int = 1000
+    vote_descriptors: int = 500
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"unknown projection '{self.projection}'; choose one of {', '.join(PROJECTIONS)}")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"unknown blend '{self.blend}'; choose one of {', '.join(BLENDS)}")
+        if not self.max_megapixels > 0:
+            raise ConfigError(f"max_megapixels must be positive, got {self.max_megapixels}")
+        if self.focal is not None and not self.focal > 0:
+            raise ConfigError(f"focal must be positive, got {self.focal}")
+        if self.exhaustive_max < 2:
+            raise ConfigError(f"exhaustive_max must be at least 2, got {self.exhaustive_max}")
+        if self.pairs_per_image < 1:
+            raise ConfigError(f"pairs_per_image must be at least 1, got {self.pairs_per_image}")
+        if self.min_inliers < 4:
+            raise ConfigError(f"min_inliers must be at least 4, got {self.min_inliers}")
+        if self.max_points_per_pair < 4:
+            raise ConfigError(f"max_points_per_pair must be at least 4, got {self.max_points_per_pair}")
+        if self.vote_descriptors < 1:
+            raise ConfigError(f"vote_descriptors must be at least 1, got {self.vote_descriptors}")

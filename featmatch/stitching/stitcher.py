@@ -1,0 +1,460 @@
+"""``stitch()``: features once per image -> verified pair graph -> transforms -> canvas -> blend.
+
+The steps, each in its own module:
+
+1. features of every image, once (:meth:`featmatch.Matcher.features`);
+2. candidate pairs: all of them for small sets, a FAISS vote for larger ones (:mod:`.graph`);
+3. pairwise matching and verification (:meth:`featmatch.Matcher.match_features` plus Brown &
+   Lowe's inlier test); the largest connected component is kept, the rest reported;
+4. maximum spanning tree on inlier counts, reference = the tree's centre, transforms chained
+   from it (homographies, or rotations and a focal length for cylindrical/spherical);
+5. joint refinement over every inlier match of every verified pair (:mod:`.refine`);
+6. warping (:mod:`.warp`), exposure gains, seams, blending and the optional crop (:mod:`.blend`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from ..geometry import project
+from ..imageio import Image, ImageLike, load_image
+from ..pipeline import Matcher
+from . import blend as blending
+from . import camera, graph, refine, warp
+from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PairEdge:
+    """One matched pair of the graph.
+
+    Attributes:
+        i, j: image indices.
+        matches: ratio-test matches.
+        inliers: homography inliers (0 when none was found).
+        verified: the pair passed every check and is an edge of the graph.
+        in_tree: the pair is an edge of the maximum spanning tree.
+        reason: why the pair was rejected (None when verified).
+    """
+
+    i: int
+    j: int
+    matches: int
+    inliers: int
+    verified: bool
+    in_tree: bool = False
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "i": self.i,
+            "j": self.j,
+            "matches": self.matches,
+            "inliers": self.inliers,
+            "verified": self.verified,
+            "in_tree": self.in_tree,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class StitchResult:
+    """A panorama and how it was made.
+
+    Attributes:
+        panorama: ``(H, W, 3)`` uint8 BGR.
+        valid: ``(H, W)`` bool, True where some image has a pixel.
+        names: the input images' names (paths, or ``<array k>``).
+        placed: indices of the images in the panorama.
+        dropped: indices of the images that connect to nothing and were left out.
+        reference: index of the reference image.
+        projection: ``planar``, ``cylindrical`` or ``spherical`` (``auto`` resolved).
+        homographies: image pixels -> panorama pixels, per placed image (planar only; empty otherwise).
+        to_reference: image pixels -> reference image pixels, per placed image (for rotation
+            models the homography of the rotation, ``K R_ref R_i^T K^-1``).
+        rotations: ``R_i`` (world -> camera) per placed image for cylindrical/spherical, else empty.
+        focal: focal length in pixels (None for planar without an estimate).
+        edges: every matched pair (verified or not).
+        footprints: per placed image, ``(K, 2)`` panorama coordinates of its border.
+        seams: ``(H, W)`` int16 index into ``placed`` of the image each pixel comes from (-1 none).
+        crop: ``(x, y, w, h)`` of the panorama inside the uncropped canvas.
+        refine_rms: ``(before, after)`` RMS transfer error of the inliers in pixels (None: not refined).
+        timings_ms: wall time per step.
+    """
+
+    panorama: np.ndarray
+    valid: np.ndarray
+    names: tuple[str, ...]
+    placed: tuple[int, ...]
+    dropped: tuple[int, ...]
+    reference: int
+    projection: str
+    homographies: dict = field(default_factory=dict)
+    to_reference: dict = field(default_factory=dict)
+    rotations: dict = field(default_factory=dict)
+    focal: float | None = None
+    edges: tuple[PairEdge, ...] = ()
+    footprints: dict = field(default_factory=dict, repr=False)
+    seams: np.ndarray | None = field(default=None, repr=False)
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    refine_rms: tuple[float, float] | None = None
+    timings_ms: dict = field(default_factory=dict)
+
+    def relative_homography(self, i: int, j: int) -> np.ndarray:
+        """``(3, 3)`` mapping image ``i`` pixels to image ``j`` pixels through the panorama's model."""
+        H = np.linalg.inv(self.to_reference[j]) @ self.to_reference[i]
+        return H / H[2, 2]
+
+    def to_json(self) -> dict:
+        """The ``featmatch stitch --json`` object."""
+
+        def mat(m: np.ndarray) -> list:
+            return [[float(v) for v in row] for row in m]
+
+        return {
+            "panorama_size": [int(self.panorama.shape[1]), int(self.panorama.shape[0])],
+            "projection": self.projection,
+            "reference": self.reference,
+            "focal": None if self.focal is None else float(self.focal),
+            "images": [
+                {
+                    "index": k,
+                    "name": name,
+                    "placed": k in self.placed,
+                    "homography": mat(self.homographies[k]) if k in self.homographies else None,
+                    "to_reference": mat(self.to_reference[k]) if k in self.to_reference else None,
+                    "rotation": mat(self.rotations[k]) if k in self.rotations else None,
+                }
+                for k, name in enumerate(self.names)
+            ],
+            "placed": list(self.placed),
+            "dropped": list(self.dropped),
+            "edges": [e.to_json() for e in self.edges],
+            "crop": list(self.crop),
+            "refine_rms_px": None if self.refine_rms is None else [round(v, 4) for v in self.refine_rms],
+            "timings_ms": {k: round(float(v), 1) for k, v in self.timings_ms.items()},
+        }
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=(None if enabled is None else not enabled), leave=False)
+
+
+def _normalizer(shape: tuple[int, int], scale: float) -> np.ndarray:
+    h, w = shape
+    return np.array([[1.0 / scale, 0.0, -(w - 1) / 2.0 / scale], [0.0, 1.0 / scale, -(h - 1) / 2.0 / scale], [0, 0, 1]])
+
+
+def _subsample(n: int, k: int) -> np.ndarray:
+    return np.arange(n) if n <= k else np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def _split_stitch_options(options: dict) -> tuple[dict, dict]:
+    names = {f.name for f in fields(StitchConfig)}
+    return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
+
+
+def stitch(
+    images: Sequence[ImageLike | Image],
+    descriptor: str = DEFAULT_STITCH_DESCRIPTOR,
+    config: StitchConfig | None = None,
+    matcher: Matcher | None = None,
+    progress: bool | None = False,
+    **options,
+) -> StitchResult:
+    """Stitch overlapping photos into one panorama.
+
+    Args:
+        images: paths, numpy arrays (gray/BGR/BGRA) or loaded :class:`~featmatch.imageio.Image`.
+        descriptor: ``sift`` (default for stitching), ``rootsift``, ``hardnet`` or ``exptloss``.
+        config: stitching options; keyword ``options`` that name a :class:`StitchConfig` field
+            override it (``projection="cylindrical"``, ``blend="feather"``, ``crop=True``, ...).
+        matcher: a ready :class:`~featmatch.Matcher` (then ``descriptor`` and the matcher
+            options are ignored).
+        progress: show tqdm progress bars on stderr (None: only when stderr is a terminal).
+        **options: :class:`StitchConfig` fields, or the options of
+            :func:`featmatch.estimate_homography` (``max_keypoints``, ``ratio``, ``device``, ...).
+
+    Returns:
+        A :class:`StitchResult`. Images that overlap nothing are left out, listed in
+        ``result.dropped`` and announced by a :class:`StitchWarning`.
+
+    Raises:
+        StitchInputError: fewer than two images.
+        ImageReadError: an image cannot be read.
+        StitchError: no pair of images overlaps, or the panorama would exceed the canvas cap (exit code 3).
+        ConfigError, ModelNotFoundError, DeviceError: bad options or a missing model.
+
+    Shape:
+        ``n`` images ``(H_i, W_i[, C])`` -> ``panorama (H, W, 3)`` uint8.
+    """
+    from ..pipeline import split_options as split_matcher_options
+
+    stitch_opts, matcher_opts = _split_stitch_options(options)
+    cfg = replace(config if config is not None else StitchConfig(), **stitch_opts)
+    if matcher is None:
+        matcher = Matcher(descriptor, **split_matcher_options(matcher_opts))
+    elif matcher_opts:
+        raise StitchInputError(f"options {sorted(matcher_opts)} cannot be combined with a ready matcher")
+    if isinstance(images, (str, np.ndarray)) or len(images) < 2:
+        count = 1 if isinstance(images, (str, np.ndarray)) else len(images)
+        raise StitchInputError(f"stitching needs at least 2 images, got {count}")
+
+    timings: dict = {}
+    t_all = t0 = time.perf_counter()
+    loaded = []
+    for k, im in enumerate(images):
+        img = im if isinstance(im, Image) else load_image(im)
+        if img.name == "<array>":
+            img = Image(img.gray, img.color, f"<array {k}>")
+        loaded.append(img)
+    names = tuple(im.name for im in loaded)
+    shapes = {k: im.shape for k, im in enumerate(loaded)}
+    n = len(loaded)
+    timings["load"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    feats = [matcher.features(im) for im in _progress(loaded, n, "features", progress)]
+    timings["features"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    if n <= cfg.exhaustive_max:
+        candidates = graph.all_pairs(n)
+    else:
+        candidates = graph.vote_pairs([f.descriptors for f in feats], cfg.pairs_per_image, cfg.vote_descriptors)
+    timings["shortlist"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    verified, edges = _verify_pairs(matcher, feats, candidates, shapes, cfg, progress)
+    timings["matching"] = _ms(t0)
+    logger.info("%d of %d candidate pairs verified", len(verified), len(candidates))
+
+    if not verified:
+        tried = sorted(edges.values(), key=lambda e: -e.inliers)
+        best = f"; best pair {names[tried[0].i]} - {names[tried[0].j]}: {tried[0].reason}" if tried else ""
+        raise StitchError(f"no pair of the {n} images overlaps reliably ({len(candidates)} pairs tried){best}")
+
+    t0 = time.perf_counter()
+    weights = {key: float(pm.num_inliers) for key, pm in verified.items()}
+    comps = graph.components(list(range(n)), list(verified))
+    main = comps[0]
+    dropped = tuple(sorted(v for c in comps[1:] for v in c))
+    if dropped:
+        msg = "left out of the panorama (no verified overlap with the main group): " + ", ".join(
+            names[v] for v in dropped
+        )
+        logger.info(msg)
+        warnings.warn(msg, StitchWarning, stacklevel=2)
+    weights = {k: w for k, w in weights.items() if k[0] in main}
+    tree = graph.maximum_spanning_tree(main, weights)
+    reference = graph.tree_centre(main, tree, weights)
+    tree_set = set(tree)
+    edges = {
+        k: (PairEdge(e.i, e.j, e.matches, e.inliers, e.verified, True) if k in tree_set else e)
+        for k, e in edges.items()
+    }
+    pairs_main = [verified[k] for k in weights]
+    pair_H = {(pm.i, pm.j): pm.H for pm in pairs_main}
+    scale = float(np.median([max(shapes[v]) for v in main]))
+    N = {v: _normalizer(shapes[v], scale) for v in main}
+    centred = {(pm.i, pm.j): N[pm.j] @ pm.H @ np.linalg.inv(N[pm.i]) for pm in pairs_main}
+    pair_points = []
+    for pm in pairs_main:
+        sel = _subsample(len(pm.pts_i), cfg.max_points_per_pair)
+        a = (pm.pts_i[sel] - [(shapes[pm.i][1] - 1) / 2.0, (shapes[pm.i][0] - 1) / 2.0]) / scale
+        b = (pm.pts_j[sel] - [(shapes[pm.j][1] - 1) / 2.0, (shapes[pm.j][0] - 1) / 2.0]) / scale
+        pair_points.append(refine.PairPoints(pm.i, pm.j, a, b))
+
+    H_ref = graph.chain_to_reference(reference, tree, pair_H)
+    if cfg.focal is not None:
+        focal_n = cfg.focal / scale
+    else:
+        focal_n = camera.estimate_focal(list(centred.values()))
+    projection = cfg.projection
+    if projection == "auto":
+        projection = _choose_projection(H_ref, shapes, main, reference, tree, centred, focal_n)
+    timings["graph"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    refine_rms = None
+    rotations: dict[int, np.ndarray] = {}
+    focal_px = None if focal_n is None else focal_n * scale
+    if projection == "planar":
+        M = {v: N[reference] @ H_ref[v] @ np.linalg.inv(N[v]) for v in main}
+        if cfg.refine and len(main) > 1:
+            model = refine.PlanarModel(main, reference)
+            p, rep = refine.refine(model, model.pack(M), pair_points, scale, huber_px=matcher.geometry_config.threshold)
+            M = {v: model.matrix(v, p) for v in main}
+            refine_rms = (rep.rms_before, rep.rms_after)
+        to_ref = {v: _unit(np.linalg.inv(N[reference]) @ M[v] @ N[v]) for v in main}
+    else:
+        if focal_n is None:
+            focal_n = float(np.mean([(shapes[v][0] + shapes[v][1]) / 2.0 for v in main])) / scale
+            logger.warning(
+                "no focal length could be estimated from the homographies; guessing %.0f px", focal_n * scale
+            )
+        R = camera.chain_rotations(reference, tree, centred, focal_n)
+        if cfg.refine and len(main) > 1:
+            model = refine.RotationModel(main, reference)
+            p, rep = refine.refine(
+                model, model.pack(R, focal_n), pair_points, scale, huber_px=matcher.geometry_config.threshold
+            )
+            if np.isfinite(model.focal(p)) and model.focal(p) > 0:
+                R = {v: model.rotation(v, p) for v in main}
+                focal_n = model.focal(p)
+                refine_rms = (rep.rms_before, rep.rms_after)
+            else:
+                logger.warning("the refinement diverged (focal %.3g); keeping the chained rotations", model.focal(p))
+        if cfg.wave_correct:
+            R = camera.wave_correct(R, reference)
+        rotations = R
+        focal_px = focal_n * scale
+        K = np.diag([focal_n, focal_n, 1.0])
+        K_inv = np.diag([1.0 / focal_n, 1.0 / focal_n, 1.0])
+        to_ref = {v: _unit(np.linalg.inv(N[reference]) @ K @ R[reference] @ R[v].T @ K_inv @ N[v]) for v in main}
+    timings["refine"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    placed = tuple(main)
+    colors = {v: loaded[v].color for v in main}
+    homographies: dict[int, np.ndarray] = {}
+    if projection == "planar":
+        homographies, canvas = warp.planar_layout(to_ref, {v: shapes[v] for v in main}, cfg.max_megapixels)
+        footprints = {v: project(homographies[v], warp.planar_footprint(homographies[v], shapes[v])) for v in main}
+        warped = [
+            warp.warp_planar(v, colors[v], homographies[v], canvas)
+            for v in _progress(placed, len(placed), "warping", progress)
+        ]
+    else:
+        surface = warp.surface_layout(projection, rotations, focal_px, {v: shapes[v] for v in main}, cfg.max_megapixels)
+        canvas = surface.size
+        footprints = {v: warp.surface_footprint(rotations[v], focal_px, shapes[v], surface) for v in main}
+        warped = [
+            warp.warp_surface(v, colors[v], rotations[v], focal_px, surface)
+            for v in _progress(placed, len(placed), "warping", progress)
+        ]
+    timings["warp"] = _ms(t0)
+
+    t0 = time.perf_counter()
+    gains = blending.exposure_gains(warped) if cfg.exposure and len(warped) > 1 else None
+    pano, valid, owner = blending.blend(warped, canvas, cfg.blend, gains)
+    crop = (0, 0, canvas[0], canvas[1])
+    if cfg.crop:
+        crop = blending.largest_rectangle(valid)
+        x, y, w, h = crop
+        pano, valid, owner = pano[y : y + h, x : x + w], valid[y : y + h, x : x + w], owner[y : y + h, x : x + w]
+        T = np.array([[1.0, 0.0, -x], [0.0, 1.0, -y], [0.0, 0.0, 1.0]])
+        homographies = {v: T @ H for v, H in homographies.items()}
+        footprints = {v: fp - [x, y] for v, fp in footprints.items()}
+    timings["blend"] = _ms(t0)
+    timings["total"] = _ms(t_all)
+
+    return StitchResult(
+        panorama=np.ascontiguousarray(pano),
+        valid=np.ascontiguousarray(valid),
+        names=names,
+        placed=placed,
+        dropped=dropped,
+        reference=reference,
+        projection=projection,
+        homographies=homographies,
+        to_reference=to_ref,
+        rotations=rotations,
+        focal=focal_px,
+        edges=tuple(edges[k] for k in sorted(edges)),
+        footprints=footprints,
+        seams=np.ascontiguousarray(owner),
+        crop=crop,
+        refine_rms=refine_rms,
+        timings_ms=timings,
+    )
+
+
+def _verify_pairs(
+    matcher: Matcher,
+    feats: list,
+    candidates: list[tuple[int, int]],
+    shapes: dict[int, tuple[int, int]],
+    cfg: StitchConfig,
+    progress: bool | None,
+) -> tuple[dict[tuple[int, int], graph.PairMatch], dict[tuple[int, int], PairEdge]]:
+    """Match every candidate pair and keep those that pass the homography checks and Brown & Lowe's test."""
+    verified: dict[tuple[int, int], graph.PairMatch] = {}
+    edges: dict[tuple[int, int], PairEdge] = {}
+    for i, j in _progress(candidates, len(candidates), "matching", progress):
+        r = matcher.match_features(feats[i], feats[j])
+        nm, ni = len(r.matches), r.num_inliers
+        if not r.ok:
+            edges[(i, j)] = PairEdge(i, j, nm, 0, False, reason=r.reason)
+            continue
+        pts_i = r.keypoints1[r.matches[:, 0]].astype(np.float64)
+        pts_j = r.keypoints2[r.matches[:, 1]].astype(np.float64)
+        in_overlap = graph.overlap_count(r.homography, pts_i, shapes[j])
+        if not graph.brown_lowe_ok(ni, in_overlap, cfg.inlier_alpha, cfg.inlier_beta, cfg.min_inliers):
+            why = (
+                f"{ni} inliers do not exceed {cfg.inlier_alpha:g} + {cfg.inlier_beta:g} x {in_overlap} matches in the "
+                f"overlap (or the minimum of {cfg.min_inliers})"
+            )
+            edges[(i, j)] = PairEdge(i, j, nm, ni, False, reason=why)
+            continue
+        verified[(i, j)] = graph.PairMatch(i, j, r.homography, pts_i[r.inliers], pts_j[r.inliers], nm, ni)
+        edges[(i, j)] = PairEdge(i, j, nm, ni, True)
+    return verified, edges
+
+
+def _unit(H: np.ndarray) -> np.ndarray:
+    return H / H[2, 2]
+
+
+#: ``auto`` leaves the plane when a camera looks further than this from the reference (degrees).
+AUTO_MAX_PLANAR_ANGLE = 50.0
+#: ... or when the planar canvas is this many times larger than the images together.
+AUTO_MAX_PLANAR_STRETCH = 4.0
+
+
+def _choose_projection(
+    H_ref: dict[int, np.ndarray],
+    shapes: dict[int, tuple[int, int]],
+    nodes: list[int],
+    reference: int,
+    tree: list[tuple[int, int]],
+    centred: dict[tuple[int, int], np.ndarray],
+    focal_n: float | None,
+) -> str:
+    """``planar`` unless the images look too far apart (or the plane would be absurd) and a focal is known."""
+    if focal_n is None:
+        return "planar"
+    R = camera.chain_rotations(reference, tree, centred, focal_n)
+    angle = max(np.degrees(np.arccos(np.clip(R[v][2, 2], -1.0, 1.0))) for v in nodes)
+    if angle > AUTO_MAX_PLANAR_ANGLE:
+        logger.info("auto projection: cameras up to %.0f degrees apart -> cylindrical", angle)
+        return "cylindrical"
+    if warp.planar_placement({v: H_ref[v] for v in nodes}, shapes) is not None:
+        return "cylindrical"
+    from ..geometry import corners
+
+    pts = []
+    for v in nodes:
+        w = np.c_[corners(shapes[v]), np.ones(4)] @ H_ref[v].T
+        pts.append(w[:, :2] / w[:, 2:3])
+    allp = np.concatenate(pts)
+    area = float(np.prod(allp.max(axis=0) - allp.min(axis=0)))
+    total = float(sum(shapes[v][0] * shapes[v][1] for v in nodes))
+    if area > AUTO_MAX_PLANAR_STRETCH * total:
+        logger.info("auto projection: the plane would be %.1f x the images' area -> cylindrical", area / total)
+        return "cylindrical"
+    return "planar"
