@@ -1,0 +1,509 @@
+"""``featmatch bench``: speed and memory of featmatch against OpenCV and kornia, measured in one run.
+
+Three parts, each printing ratios of numbers measured side by side on the same machine:
+
+- ``describe``: patches/s of featmatch's HardNet inference path
+  (:meth:`featmatch.describe.CNNDescriptor.describe_patches`: BN folded, channels-last, bf16
+  where the CPU has it) against kornia's ``kornia.feature.HardNet`` loaded with the same
+  state dict, in fp32, on the same real patches.
+- ``pipeline``: whole ``match`` processes on two real images: ``featmatch match`` (sift and
+  hardnet) against ``benchmarks/opencv_sift_match.py`` and ``benchmarks/kornia_hardnet_match.py``;
+  wall time and peak resident memory per process (``os.wait4``), median of several runs,
+  plus featmatch's per-stage times (its ``--json`` ``timings_ms``).
+- ``knn``: k=2 nearest neighbours alone: FAISS (featmatch's matcher) against OpenCV's
+  ``BFMatcher.knnMatch`` and chunked ``torch.cdist`` + ``topk``.
+
+Everything heavy is imported inside the functions; the module itself imports nothing costly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, FeatmatchError
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+#: Competitor scripts (in the source checkout; not part of the installed package).
+BENCHMARKS_DIR = REPO / "benchmarks"
+#: The real pair of the pipeline benchmark (test split).
+DEFAULT_IMAGES = (
+    REPO.parent / "shared" / "data" / "vlfeat-pairs" / "river1.jpg",
+    REPO.parent / "shared" / "data" / "vlfeat-pairs" / "river2.jpg",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``featmatch bench`` measures.
+
+    Attributes:
+        device: ``cpu`` or ``cuda`` for the CNNs and the torch search.
+        batch_sizes: patch batch sizes of the descriptor benchmark.
+        describe_repeats: timed calls per batch size (median; one untimed warm-up before).
+        images: the two images of the pipeline benchmark.
+        keypoints: keypoints per image in the pipeline benchmark.
+        pipeline_runs: whole-process runs per contender (median).
+        knn_sizes: descriptor counts (query = base) of the matching benchmark.
+        knn_repeats: timed searches per size up to 10k (one above 10k).
+        torch_chunk_bytes: the largest distance block ``torch.cdist`` may hold at once.
+        bf_max: largest size OpenCV's BFMatcher is run on (it is the slowest; None = all).
+    """
+
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (256, 1024, 4096, 8192)
+    describe_repeats: int = 3
+    images: tuple[Path, Path] = DEFAULT_IMAGES
+    keypoints: int = 4000
+    pipeline_runs: int = 3
+    knn_sizes: tuple[int, ...] = (1000, 5000, 10000, 50000)
+    knn_repeats: int = 3
+    torch_chunk_bytes: int = 512 * 2**20
+    bf_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got '{self.device}'")
+        if min(self.batch_sizes + self.knn_sizes) < 1 or self.keypoints < 1:
+            raise ConfigError("batch sizes, knn sizes and keypoints must be positive")
+        if min(self.describe_repeats, self.pipeline_runs, self.knn_repeats) < 1:
+            raise ConfigError("repeats must be at least 1")
+
+    @classmethod
+    def quick(cls, device: str = "cpu") -> BenchConfig:
+        """A seconds-long plumbing run: tiny batches, few keypoints, one run each."""
+        return cls(
+            device=device,
+            batch_sizes=(64,),
+            describe_repeats=1,
+            keypoints=300,
+            pipeline_runs=1,
+            knn_sizes=(500,),
+            knn_repeats=1,
+        )
+
+    def with_repeats(self, n: int) -> BenchConfig:
+        return replace(self, describe_repeats=n, pipeline_runs=n, knn_repeats=n)
+
+
+def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time in seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+
+
+def _hardnet_weights(tmp: Path) -> tuple[object, Path, str]:
+    """The HardNet to benchmark: ``models/hardnet.pt`` if present, else a seeded random one.
+
+    Returns:
+        ``(model, models_folder, note)``; the folder holds ``hardnet.pt`` for the subprocesses.
+    """
+    import torch
+
+    from ..network import HardNet, load_weights, models_dir, save_weights, weight_path
+
+    if weight_path("hardnet").is_file():
+        return load_weights("hardnet"), models_dir(), f"trained weights {weight_path('hardnet')}"
+    torch.manual_seed(0)
+    net = HardNet().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that BN folding does real work
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    save_weights(net, tmp / "hardnet.pt", half=False)
+    return net, tmp, "models/hardnet.pt does not exist yet: a SEEDED RANDOM HardNet (speed only, matches meaningless)"
+
+
+def _real_patches(image: Path, n: int):
+    """``(n, 1, 32, 32)`` float32 patches of real keypoints (tiled when the image has fewer)."""
+    import torch
+
+    from ..detect import DetectConfig, detect
+    from ..imageio import load_image
+    from ..patches import patches_for
+
+    kps = detect(load_image(image).gray, DetectConfig(max_keypoints=n))
+    patches = patches_for(kps, device="cpu")
+    if len(patches) == 0:
+        raise FeatmatchError(f"no keypoints in {image} for the descriptor benchmark")
+    reps = -(-n // len(patches))
+    return torch.cat([patches] * reps)[:n].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# part 1: descriptor throughput
+
+
+def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None]) -> dict:
+    """patches/s of featmatch (precision auto, and fp32) vs kornia HardNet fp32, same weights and patches."""
+    import kornia.feature as KF
+    import torch
+
+    from ..describe import CNNDescriptor
+
+    n_max = max(config.batch_sizes)
+    patches = _real_patches(bench_images(config)[0], n_max)
+    dev = config.device
+    kornia_net = KF.HardNet(pretrained=False)
+    kornia_net.load_state_dict(net.state_dict(), strict=True)  # same layer names: the same weights
+    kornia_net = kornia_net.eval().to(dev)
+    rows = []
+    for bs in config.batch_sizes:
+        x = patches[:bs]
+        ours_auto = CNNDescriptor("hardnet", device=dev, precision="auto", batch_size=bs, model=net)
+        ours_fp32 = CNNDescriptor("hardnet", device=dev, precision="fp32", batch_size=bs, model=net)
+
+        def kornia_run(x=x):  # like describe_patches: CPU patches in, CPU descriptors out
+            with torch.inference_mode():
+                return kornia_net(x.to(dev)).float().cpu()
+
+        log(f"bench describe: batch {bs}")
+        t_k = _median_time(kornia_run, config.describe_repeats)
+        t_a = _median_time(lambda o=ours_auto, x=x: o.describe_patches(x), config.describe_repeats)
+        t_f = _median_time(lambda o=ours_fp32, x=x: o.describe_patches(x), config.describe_repeats)
+        ref = kornia_run().numpy()
+        cos_auto = float(np.min(np.sum(ref * ours_auto.describe_patches(x), axis=1)))
+        cos_fp32 = float(np.min(np.sum(ref * ours_fp32.describe_patches(x), axis=1)))
+        rows.append(
+            {
+                "batch": bs,
+                "kornia_fp32_per_s": bs / t_k,
+                "featmatch_fp32_per_s": bs / t_f,
+                "featmatch_auto_per_s": bs / t_a,
+                "featmatch_auto_precision": ours_auto.precision,
+                "ratio_auto_vs_kornia": t_k / t_a,
+                "ratio_fp32_vs_kornia": t_k / t_f,
+                "min_cosine_auto_vs_kornia": cos_auto,
+                "min_cosine_fp32_vs_kornia": cos_fp32,
+            }
+        )
+    return {"weights": note, "device": dev, "torch_threads": torch.get_num_threads(), "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# part 2: whole processes
+
+
+#: A tiny launcher: a process forked from this (large) one would inherit its peak RSS in
+#: ``ru_maxrss``, so a fresh small Python spawns the command and reports that child's own rusage.
+_LAUNCHER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": wall, "maxrss": usage.ru_maxrss, "exit_code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def run_process(cmd: list[str], env: dict | None = None, timeout: float = 600.0) -> dict:
+    """Run one command as a whole process; return its wall time, peak RSS and JSON output.
+
+    The peak resident memory is that process's own ``ru_maxrss`` (from ``os.wait4`` in a small
+    launcher, see :data:`_LAUNCHER`); the wall time runs from spawn to exit.
+    """
+    with tempfile.TemporaryDirectory(prefix="featmatch-run-") as tmp:
+        stats = Path(tmp) / "stats.json"
+        launcher = [sys.executable, "-c", _LAUNCHER, str(stats), *cmd]
+        try:
+            proc = subprocess.run(launcher, capture_output=True, env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise FeatmatchError(f"benchmark process timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
+        if not stats.is_file():
+            raise FeatmatchError(f"cannot run {' '.join(cmd)}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        info = json.loads(stats.read_text())
+    stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    parsed = None
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            parsed = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if parsed is None:
+        raise FeatmatchError(
+            f"benchmark process exited {info['exit_code']} without JSON output: {' '.join(cmd)}: {stderr.strip()[-300:]}"
+        )
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = info["maxrss"] * (1 if sys.platform == "darwin" else 1024)
+    return {"wall_s": info["wall_s"], "peak_mb": peak / 2**20, "exit_code": info["exit_code"], "output": parsed}
+
+
+def bench_images(config: BenchConfig) -> tuple[Path, Path]:
+    """The benchmark pair: ``config.images``, or graf1/graf3 from ``featmatch/evaldata`` when those
+    are the defaults and ``../shared/data`` is not beside the checkout (an installed featmatch)."""
+    if all(Path(p).is_file() for p in config.images):
+        return Path(config.images[0]), Path(config.images[1])
+    if tuple(config.images) == DEFAULT_IMAGES:
+        from .datasets import EVALDATA
+
+        logger.warning("%s not found; benchmarking on the bundled graf1/graf3 instead", DEFAULT_IMAGES[0])
+        return EVALDATA / "graf1.png", EVALDATA / "graf3.png"
+    missing = next(p for p in config.images if not Path(p).is_file())
+    raise FeatmatchError(f"benchmark image {missing} does not exist")
+
+
+def bench_pipeline(config: BenchConfig, models: Path, note: str, log: Callable[[str], None]) -> dict:
+    """Whole-process ``match`` of two images: featmatch sift/hardnet vs the OpenCV and kornia scripts."""
+    img1, img2 = (str(p) for p in bench_images(config))
+    n = str(config.keypoints)
+    py = sys.executable
+    fm = [py, "-m", "featmatch.cli", "match", img1, img2, "-n", n, "--json"]
+    contenders = {
+        "featmatch sift": fm + ["--descriptor", "sift"],
+        "opencv sift (script)": [py, str(BENCHMARKS_DIR / "opencv_sift_match.py"), img1, img2, "-n", n],
+        "featmatch hardnet": fm + ["--descriptor", "hardnet", "--device", config.device],
+        "kornia hardnet (script)": [
+            py, str(BENCHMARKS_DIR / "kornia_hardnet_match.py"), img1, img2, "-n", n,
+            "--weights", str(models / "hardnet.pt"), "--device", config.device,
+        ],
+    }  # fmt: skip
+    missing = [c for c in contenders.values() if c[1].endswith(".py") and not Path(c[1]).is_file()]
+    if missing:
+        raise FeatmatchError(f"competitor script {missing[0][1]} is missing (bench needs a source checkout)")
+    env = dict(os.environ, FEATMATCH_MODELS=str(models))
+    runs: dict[str, list[dict]] = {k: [] for k in contenders}
+    for r in range(config.pipeline_runs):  # round robin, so background load hits every contender alike
+        for name, cmd in contenders.items():
+            log(f"bench pipeline: run {r + 1}/{config.pipeline_runs}: {name}")
+            runs[name].append(run_process(cmd, env))
+    rows = {}
+    for name, rs in runs.items():
+        stages: dict[str, float] = {}
+        for key in rs[0]["output"].get("timings_ms", {}):
+            stages[key] = statistics.median(x["output"]["timings_ms"].get(key, float("nan")) for x in rs)
+        rows[name] = {
+            "wall_s": statistics.median(x["wall_s"] for x in rs),
+            "wall_all_s": [x["wall_s"] for x in rs],
+            "peak_mb": statistics.median(x["peak_mb"] for x in rs),
+            "matches": rs[-1]["output"].get("matches"),
+            "inliers": rs[-1]["output"].get("inliers"),
+            "found_homography": rs[-1]["output"].get("homography") is not None,
+            "stages_ms": stages,
+        }
+    return {"images": [img1, img2], "keypoints": config.keypoints, "runs": config.pipeline_runs, "weights": note,
+            "rows": rows}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# part 3: nearest neighbours alone
+
+
+def _torch_knn2(q, b, chunk_bytes: int):
+    """k=2 by ``torch.cdist`` + ``topk`` in row chunks holding at most ``chunk_bytes`` of distances."""
+    import torch
+
+    rows = max(1, chunk_bytes // (4 * b.shape[0]))
+    vals, idxs = [], []
+    with torch.inference_mode():
+        for s in range(0, q.shape[0], rows):
+            v, i = torch.cdist(q[s : s + rows], b).topk(2, dim=1, largest=False)
+            vals.append(v)
+            idxs.append(i)
+        return torch.cat(vals), torch.cat(idxs)
+
+
+def bench_knn(config: BenchConfig, log: Callable[[str], None]) -> dict:
+    """Seconds per k=2 search for FAISS, OpenCV BFMatcher and torch cdist on random unit vectors.
+
+    The FAISS column is featmatch's own search (:func:`featmatch.match.knn`) on ``config.device``
+    (on CUDA: faiss-gpu when installed, else featmatch's torch search); BFMatcher runs on the CPU.
+    """
+    import cv2
+    import torch
+
+    from ..match import knn
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in config.knn_sizes:
+        q = rng.standard_normal((n, 128)).astype(np.float32)
+        b = rng.standard_normal((n, 128)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        reps = config.knn_repeats if n <= 10000 else 1
+        warm = 1 if n <= 10000 else 0
+        log(f"bench knn: {n} x {n}")
+        row: dict = {"n": n, "repeats": reps}
+        row["faiss_s"] = _median_time(lambda q=q, b=b: knn(q, b, 2, config.device), reps, warm)
+        qt, bt = torch.from_numpy(q).to(config.device), torch.from_numpy(b).to(config.device)
+
+        def torch_run(qt=qt, bt=bt):
+            out = _torch_knn2(qt, bt, config.torch_chunk_bytes)
+            _sync(config.device)
+            return out
+
+        row["torch_cdist_s"] = _median_time(torch_run, reps, warm)
+        row["torch_chunk_rows"] = max(1, config.torch_chunk_bytes // (4 * n))
+        if config.bf_max is None or n <= config.bf_max:
+            bf = cv2.BFMatcher(cv2.NORM_L2)
+            row["opencv_bf_s"] = _median_time(lambda q=q, b=b, bf=bf: bf.knnMatch(q, b, k=2), reps, warm)
+        else:
+            row["opencv_bf_s"] = None
+        # Agreement of the nearest neighbour (ties aside, all three are exact searches).
+        _, fi = knn(q, b, 2, "cpu")
+        _, ti = torch_run()
+        row["nn_agreement_torch_vs_faiss"] = float(np.mean(ti[:, 0].cpu().numpy() == fi[:, 0]))
+        rows.append(row)
+    return {"device": config.device, "rows": rows, "faiss_threads": _faiss_threads()}
+
+
+def _faiss_threads() -> int | None:
+    try:
+        import faiss
+
+        return int(faiss.omp_get_max_threads())
+    except Exception:  # optional information only
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run_bench(config: BenchConfig, parts: tuple[str, ...] = ("describe", "pipeline", "knn"), log=None) -> dict:
+    """Run the selected parts; returns a JSON-able dict (see :func:`format_report`)."""
+    log = log or (lambda msg: logger.info(msg))
+    out: dict = {
+        "device": config.device,
+        "cpu_count": os.cpu_count(),
+        "load_avg": _loadavg(),
+        "quick": config == BenchConfig.quick(config.device),
+    }
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="featmatch-bench-") as tmp:
+        net, models, note = (None, None, None)
+        if "describe" in parts or "pipeline" in parts:
+            net, models, note = _hardnet_weights(Path(tmp))
+        if "describe" in parts:
+            out["describe"] = bench_describe(config, net, note, log)
+        if "pipeline" in parts:
+            out["pipeline"] = bench_pipeline(config, models, note, log)
+        if "knn" in parts:
+            out["knn"] = bench_knn(config, log)
+    out["seconds"] = time.perf_counter() - t0
+    out["load_avg_after"] = _loadavg()
+    return out
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _f(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def format_report(result: dict) -> str:
+    """Markdown tables plus one ``ratio:`` line per comparison."""
+    lines = [
+        f"## featmatch bench ({'quick plumbing run, numbers not meaningful' if result.get('quick') else 'full'}) "
+        f"on {result['device']}, {result.get('cpu_count')} CPUs, load average before {result.get('load_avg')}, "
+        f"after {result.get('load_avg_after')}; {result.get('seconds', 0):.0f} s",
+        "",
+    ]
+    ratios = []
+    d = result.get("describe")
+    if d:
+        lines += [
+            f"### descriptor throughput (patches/s), {d['weights']}; torch threads {d['torch_threads']}",
+            "",
+            "| batch | kornia HardNet fp32 | featmatch fp32 | featmatch auto | auto = | featmatch auto / kornia "
+            "| min cos(auto, kornia) |",
+            "|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for r in d["rows"]:
+            lines.append(
+                f"| {r['batch']} | {_f(r['kornia_fp32_per_s'], 0)} | {_f(r['featmatch_fp32_per_s'], 0)} | "
+                f"{_f(r['featmatch_auto_per_s'], 0)} | {r['featmatch_auto_precision']} | "
+                f"{r['ratio_auto_vs_kornia']:.2f}x | {r['min_cosine_auto_vs_kornia']:.4f} |"
+            )
+            ratios.append(
+                f"ratio: describe batch {r['batch']}: featmatch ({r['featmatch_auto_precision']}) speed "
+                f"{r['ratio_auto_vs_kornia']:.2f}x kornia HardNet fp32 (featmatch fp32: {r['ratio_fp32_vs_kornia']:.2f}x; "
+                ">1: featmatch faster)"
+            )
+        lines.append("")
+    p = result.get("pipeline")
+    if p:
+        lines += [
+            f"### whole `match` processes: {Path(p['images'][0]).name} -> {Path(p['images'][1]).name}, "
+            f"{p['keypoints']} keypoints, median of {p['runs']} runs; hardnet: {p['weights']}",
+            "",
+            "| contender | wall (s) | peak RSS (MB) | matches | inliers | H found | stages (ms, median) |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
+        for name, r in p["rows"].items():
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items())
+            lines.append(
+                f"| {name} | {r['wall_s']:.2f} | {r['peak_mb']:.0f} | {r['matches']} | {r['inliers']} | "
+                f"{'yes' if r['found_homography'] else 'no'} | {stages} |"
+            )
+        rows = p["rows"]
+        for ours, theirs in (
+            ("featmatch sift", "opencv sift (script)"),
+            ("featmatch hardnet", "kornia hardnet (script)"),
+        ):
+            a, b = rows[ours], rows[theirs]
+            ratios.append(
+                f"ratio: pipeline {ours} vs {theirs}: speed {b['wall_s'] / a['wall_s']:.2f}x (>1: featmatch faster; "
+                f"{a['wall_s']:.2f} s vs {b['wall_s']:.2f} s), peak memory {a['peak_mb'] / b['peak_mb']:.2f}x "
+                f"({a['peak_mb']:.0f} MB vs {b['peak_mb']:.0f} MB)"
+            )
+        lines.append("")
+    k = result.get("knn")
+    if k:
+        lines += [
+            f"### k=2 nearest neighbours alone (seconds, random unit 128-d vectors, N queries x N base) on "
+            f"{k['device']}; faiss threads {k.get('faiss_threads')}",
+            "",
+            "| N | FAISS | OpenCV BFMatcher | torch cdist (chunked) | BF / FAISS | cdist / FAISS | NN agree |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in k["rows"]:
+            bf = r["opencv_bf_s"]
+            lines.append(
+                f"| {r['n']:,} | {r['faiss_s']:.3f} | {_f(bf, 3)} | {r['torch_cdist_s']:.3f} | "
+                f"{_f(bf / r['faiss_s'] if bf else None, 2)} | {r['torch_cdist_s'] / r['faiss_s']:.2f} | "
+                f"{r['nn_agreement_torch_vs_faiss']:.4f} |"
+            )
+            ratios.append(
+                f"ratio: knn N={r['n']}: FAISS speed {_f(bf / r['faiss_s'] if bf else None, 2)}x OpenCV BFMatcher, "
+                f"{r['torch_cdist_s'] / r['faiss_s']:.2f}x torch cdist (>1: FAISS faster)"
+            )
+        lines.append("")
+    return "\n".join(lines + ratios)
