@@ -66,10 +66,13 @@ class SiftDescriptor:
         """Shape: ``Keypoints`` of N points -> ``(N, 128)`` float32."""
         if len(keypoints) == 0:
             return np.zeros((0, 128), np.float32)
-        _, desc = self._sift.compute(keypoints.det_image, list(keypoints.cv_keypoints))
-        if desc is None or desc.shape[0] != len(keypoints):
-            raise ConfigError("OpenCV SIFT dropped keypoints while describing; cannot keep indices aligned")
-        desc = desc.astype(np.float32)
+        if keypoints.sift is not None:  # computed by the detector in the same pass
+            desc = keypoints.sift.copy()
+        else:
+            _, desc = self._sift.compute(keypoints.det_image, list(keypoints.cv_keypoints))
+            if desc is None or desc.shape[0] != len(keypoints):
+                raise ConfigError("OpenCV SIFT dropped keypoints while describing; cannot keep indices aligned")
+            desc = desc.astype(np.float32)
         if self.root:
             desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-7)
             np.sqrt(desc, out=desc)

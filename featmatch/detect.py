@@ -29,12 +29,15 @@ class DetectConfig:
         max_side: images whose longer side exceeds this are downscaled for detection.
         contrast_threshold: OpenCV SIFT's DoG contrast threshold (lower finds more points).
         edge_threshold: OpenCV SIFT's edge rejection threshold.
+        with_sift: also compute SIFT descriptors in the same pass (saves building the scale
+            space twice when the descriptor is ``sift`` or ``rootsift``).
     """
 
     max_keypoints: int = DEFAULT_MAX_KEYPOINTS
     max_side: int = DEFAULT_MAX_SIDE
     contrast_threshold: float = 0.04
     edge_threshold: float = 10.0
+    with_sift: bool = False
 
     def __post_init__(self) -> None:
         if self.max_keypoints < 1:
@@ -55,6 +58,7 @@ class Keypoints:
         scale: full-resolution pixels per detection-image pixel (1.0 when not downscaled).
         det_image: ``(h, w)`` uint8 detection image the keypoints were found in.
         cv_keypoints: the OpenCV keypoints in detection-image coordinates (for SIFT descriptors).
+        sift: ``(N, 128)`` float32 SIFT descriptors when detected ``with_sift``, else None.
     """
 
     xy: np.ndarray
@@ -64,6 +68,7 @@ class Keypoints:
     scale: float = 1.0
     det_image: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     cv_keypoints: tuple = field(default=(), repr=False, compare=False)
+    sift: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -104,7 +109,7 @@ def detection_image(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), float(scale)
 
 
-def _from_cv(kps: tuple, det: np.ndarray, scale: float) -> Keypoints:
+def _from_cv(kps: tuple, det: np.ndarray, scale: float, sift: np.ndarray | None = None) -> Keypoints:
     n = len(kps)
     xy = cv2.KeyPoint_convert(kps).reshape(n, 2).astype(np.float32) if n else np.zeros((0, 2), np.float32)
     attrs = np.array([(k.size, k.angle, k.response) for k in kps], dtype=np.float32).reshape(n, 3)
@@ -116,6 +121,7 @@ def _from_cv(kps: tuple, det: np.ndarray, scale: float) -> Keypoints:
         scale=scale,
         det_image=det,
         cv_keypoints=tuple(kps),
+        sift=sift,
     )
 
 
@@ -135,7 +141,12 @@ def detect(gray: np.ndarray, config: DetectConfig = DetectConfig()) -> Keypoints
         contrastThreshold=config.contrast_threshold,
         edgeThreshold=config.edge_threshold,
     )
-    kps = sift.detect(det, None)
+    if config.with_sift:
+        kps, desc = sift.detectAndCompute(det, None)
+        desc = np.zeros((0, 128), np.float32) if desc is None else desc.astype(np.float32, copy=False)
+    else:
+        kps, desc = sift.detect(det, None), None
     # OpenCV may return a few more than nfeatures when responses tie; keep the contract exact.
-    kps = sorted(kps, key=lambda k: -k.response)[: config.max_keypoints]
-    return _from_cv(tuple(kps), det, scale)
+    order = np.argsort([-k.response for k in kps], kind="stable")[: config.max_keypoints]
+    kps = tuple(kps[i] for i in order)
+    return _from_cv(kps, det, scale, None if desc is None else desc[order])

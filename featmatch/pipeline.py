@@ -6,6 +6,7 @@ state between calls. The module-level functions are the short forms of the Pytho
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ class Matcher:
         describer=None,
     ):
         self.descriptor = descriptor
+        if descriptor in ("sift", "rootsift") and describer is None:
+            detect = dataclasses.replace(detect, with_sift=True)  # one scale space for both stages
         self.detect_config = detect
         self.match_config = match
         self.geometry_config = geometry

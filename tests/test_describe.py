@@ -74,3 +74,11 @@ def test_rootsift_is_hellinger_normalized(gray_photo):
     r = SiftDescriptor(root=True)(kps)
     np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(r**2, s / s.sum(1, keepdims=True), atol=1e-6)
+
+
+def test_sift_from_detector_pass_equals_separate_compute(gray_photo):
+    kps = detect(gray_photo, DetectConfig(max_keypoints=500))
+    both = detect(gray_photo, DetectConfig(max_keypoints=500, with_sift=True))
+    np.testing.assert_array_equal(kps.xy, both.xy)
+    assert kps.sift is None and both.sift.shape == (500, 128)
+    np.testing.assert_allclose(SiftDescriptor()(both), SiftDescriptor()(kps), atol=1e-4)
