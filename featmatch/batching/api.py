@@ -1,0 +1,331 @@
+"""``batch()``: features once per image, then many pairs, resumable, on one core or a cluster.
+
+The run, step by step:
+
+1. list the images and fingerprint their bytes;
+2. describe every image whose cache entry is missing or stale (changed image or options) and
+   write it to the HDF5 cache (:mod:`.cache`);
+3. make the pairs (:mod:`.pairs`; a shortlist reads the cached descriptors);
+4. read RESULTS, if it exists, and skip every pair finished there under the same image
+   fingerprints and options (:mod:`.results`);
+5. match the remaining pairs on the backend (:mod:`.runner`), appending one flushed line per
+   pair, so that an interrupted run loses nothing it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..detect import DetectConfig
+from ..errors import ConfigError, FeatmatchError
+from ..geometry import GeometryConfig
+from ..match import MatchConfig
+from .cache import CacheUnreadableError, FeatureCache, entry_fingerprint
+from .config import BACKENDS, DEFAULT_BATCH_DESCRIPTOR, BatchConfig, feature_fingerprint, match_fingerprint
+from .inputs import ImageEntry, content_fingerprint, list_images, read_bytes
+from .pairs import PairsSpec, exhaustive_pairs, parse_pairs_spec, read_pairs_file, sequential_pairs, shortlist_pairs
+from .results import ERROR, NO_HOMOGRAPHY, VERIFIED, BatchSummary, PairResult, ResultsLog, error_result
+from .runner import LocalBackend, RayBackend
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_path(output: str | os.PathLike) -> Path:
+    """Where the features of a run writing ``output`` are cached: ``results.jsonl`` -> ``results.features.h5``."""
+    out = Path(output)
+    return out.with_name(out.stem + ".features.h5") if out.suffix else out.with_name(out.name + ".features.h5")
+
+
+def make_config(descriptor: str = DEFAULT_BATCH_DESCRIPTOR, **options) -> BatchConfig:
+    """A :class:`BatchConfig` from flat options.
+
+    Args:
+        descriptor: the descriptor's name.
+        **options: any field of :class:`DetectConfig`, :class:`MatchConfig` or
+            :class:`GeometryConfig`, plus ``device``, ``precision``, ``cache_dtype`` and
+            ``save_matches``.
+
+    Raises:
+        ConfigError: an unknown option (the message lists the valid ones) or a bad value.
+    """
+    groups = {"detect": DetectConfig, "match": MatchConfig, "geometry": GeometryConfig}
+    top = {"device", "precision", "cache_dtype", "save_matches"}
+    per: dict = {g: {} for g in groups}
+    rest = {}
+    for key, value in options.items():
+        owner = [g for g, cls in groups.items() if key in cls.__dataclass_fields__]
+        if owner:
+            per[owner[0]][key] = value
+        elif key in top:
+            rest[key] = value
+        else:
+            valid = sorted(top.union(*(cls.__dataclass_fields__ for cls in groups.values())))
+            raise ConfigError(f"unknown option '{key}'; valid options: {', '.join(valid)}")
+    return BatchConfig(descriptor=descriptor, **{g: groups[g](**kw) for g, kw in per.items()}, **rest)
+
+
+def batch(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    pairs: str | os.PathLike | Sequence[tuple[str, str]] = "exhaustive",
+    output: str | os.PathLike | None = None,
+    *,
+    descriptor: str = DEFAULT_BATCH_DESCRIPTOR,
+    cache: str | os.PathLike | None = None,
+    workers: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    config: BatchConfig | None = None,
+    **options,
+) -> BatchRun:
+    """Match many image pairs, describing each image once.
+
+    Args:
+        images: a folder (searched recursively), a list file (one path per line), or paths.
+        pairs: ``exhaustive``, ``sequential[:K]``, ``shortlist[:K]``, a pairs file (two names
+            per line), or a sequence of ``(name1, name2)``.
+        output: the RESULTS file (JSON lines). When it exists, finished pairs are skipped.
+            None: nothing is written and nothing resumed.
+        descriptor: the descriptor (``sift`` by default).
+        cache: the HDF5 feature cache; default ``<output stem>.features.h5`` beside
+            ``output``, or a temporary file when there is no ``output``.
+        workers: processes (local) or CPUs of a local Ray instance; default ``os.cpu_count()``.
+        backend: ``local`` or ``ray``.
+        ray_address: a running Ray cluster to use (``--backend ray`` only).
+        limit: match at most this many new pairs, then stop (rerun to go on).
+        progress: show tqdm progress bars on stderr.
+        config: a ready :class:`BatchConfig` (then ``descriptor`` and ``options`` must be left out).
+        **options: stage options as in :func:`make_config` (``max_keypoints``, ``ratio``, ...).
+
+    Returns:
+        A :class:`BatchRun`: iterate it for :class:`PairResult` objects (the skipped, finished
+        ones first, marked ``resumed``, then the new ones as they complete); ``.summary``
+        after the end. Nothing runs until it is iterated.
+
+    Raises:
+        ConfigError: bad options, pairs spec, image source, or ``backend="ray"`` without Ray.
+    """
+    if config is None:
+        config = make_config(descriptor, **options)
+    elif options or descriptor != DEFAULT_BATCH_DESCRIPTOR:
+        raise ConfigError("pass either config= or descriptor/options, not both")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must not be negative, got {limit}")
+    entries = list_images(images)
+    if isinstance(pairs, (str, os.PathLike)):
+        spec: PairsSpec | list = parse_pairs_spec(pairs)
+    else:
+        spec = list(dict.fromkeys((str(a), str(b)) for a, b in pairs))
+        known = {e.name for e in entries}
+        for a, b in spec:
+            if a not in known or b not in known:
+                raise ConfigError(f"pair ({a}, {b}) names an image that is not in the batch")
+            if a == b:
+                raise ConfigError(f"'{a}' is paired with itself")
+    workers = workers or os.cpu_count() or 1
+    runner = RayBackend(config, workers, ray_address) if backend == "ray" else LocalBackend(config, workers)
+    return BatchRun(entries, spec, config, runner, output, cache, limit, progress)
+
+
+def _bar(progress: bool, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+class BatchRun(Iterator[PairResult]):
+    """An iterator over the :class:`PairResult` of a batch; :attr:`summary` is set when it ends.
+
+    Made by :func:`batch`. Closing it (or breaking out of a ``for`` loop and dropping it)
+    stops the workers; what was finished stays in RESULTS.
+    """
+
+    def __init__(self, entries, spec, config, runner, output, cache, limit, progress):
+        self.entries: list[ImageEntry] = entries
+        self.spec = spec
+        self.config: BatchConfig = config
+        self.runner = runner
+        self.output = None if output is None else Path(output)
+        self.cache_path = None if cache is None else Path(cache)
+        self.limit = limit
+        self.progress = progress
+        self.summary: BatchSummary | None = None
+        self.failed: dict[str, str] = {}
+        self._gen = self._run()
+
+    def __next__(self) -> PairResult:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop the run (workers too); the summary describes what was done."""
+        self._gen.close()
+
+    def run(self) -> BatchSummary:
+        """Consume the whole run and return its summary."""
+        for _ in self:
+            pass
+        return self.summary
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _fingerprints(self) -> dict[str, str]:
+        fps = {}
+        for e in self.entries:
+            try:
+                fps[e.name] = content_fingerprint(read_bytes(e))
+            except FeatmatchError as exc:
+                self.failed[e.name] = str(exc)
+        return fps
+
+    def _open_cache(self, path: Path) -> FeatureCache:
+        try:
+            return FeatureCache(path, "a")
+        except CacheUnreadableError:
+            # A crash while writing can leave an HDF5 file unreadable: set it aside, start afresh.
+            aside = path.with_name(path.name + ".corrupt")
+            logger.warning("feature cache %s is unreadable; moved it to %s and starting a new one", path, aside)
+            path.replace(aside)
+            return FeatureCache(path, "a")
+
+    def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
+        """Describe the images without a valid cache entry; returns (computed, cached)."""
+        with self._open_cache(cache_path) as cache:
+            todo = [
+                e
+                for e in self.entries
+                if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
+            ]
+            cached = sum(1 for e in self.entries if e.name in fps) - len(todo)
+            logger.info("features: %d images to describe, %d in the cache %s", len(todo), cached, cache_path)
+            if not todo:
+                return 0, cached
+            from .runner import FeatureJob
+
+            jobs = [FeatureJob(e.name, str(e.path)) for e in todo]
+            computed = 0
+            with _bar(self.progress, total=len(jobs), desc="features", unit="img") as bar:
+                for out in self.runner.features(jobs):
+                    if out.error is not None:
+                        logger.warning("%s", out.error)
+                        self.failed[out.name] = out.error
+                    else:
+                        cache.put(out.name, out.features, fps[out.name], feat_fp, self.config.cache_dtype)
+                        computed += 1
+                        if computed % 32 == 0:
+                            cache.flush()
+                    bar.update(1)
+        return computed, cached
+
+    def _pairs(self, cache_path: Path) -> list[tuple[str, str]]:
+        names = [e.name for e in self.entries]
+        spec = self.spec
+        if isinstance(spec, list):
+            return spec  # checked by batch()
+        if spec.mode == "exhaustive":
+            return exhaustive_pairs(names)
+        if spec.mode == "sequential":
+            return sequential_pairs(names, spec.k)
+        if spec.mode == "file":
+            return read_pairs_file(spec.path, names)
+        ok = [n for n in names if n not in self.failed]
+        with FeatureCache(cache_path, "r", lru=0) as cache:
+            descriptors = {n: cache.get(n).descriptors for n in ok}
+        return shortlist_pairs(names, descriptors, spec.k)
+
+    def _run(self) -> Iterator[PairResult]:
+        t_start = time.perf_counter()
+        tmpdir = None
+        log: ResultsLog | None = None
+        counts = {VERIFIED: 0, NO_HOMOGRAPHY: 0, ERROR: 0}
+        state = dict(computed=0, skipped=0, pairs=0, f_computed=0, f_cached=0, match_s=0.0, complete=False)
+        try:
+            cache_path = self.cache_path
+            if cache_path is None:
+                if self.output is not None:
+                    cache_path = default_cache_path(self.output)
+                else:
+                    tmpdir = tempfile.mkdtemp(prefix="featmatch-batch-")
+                    cache_path = Path(tmpdir) / "features.h5"
+            feat_fp = feature_fingerprint(self.config)
+            opts_fp = match_fingerprint(self.config, feat_fp)
+            fps = self._fingerprints()
+            state["f_computed"], state["f_cached"] = self._features(cache_path, fps, feat_fp)
+            pairs = self._pairs(cache_path)
+            state["pairs"] = len(pairs)
+            log = ResultsLog(self.output) if self.output is not None else None
+
+            todo: list[tuple[str, str]] = []
+            resumed: list[PairResult] = []
+            for a, b in pairs:
+                prev = log.finished((a, b), (fps.get(a, ""), fps.get(b, "")), opts_fp) if log else None
+                if prev is not None:
+                    resumed.append(PairResult.from_json(prev, resumed=True))
+                else:
+                    todo.append((a, b))
+            state["skipped"] = len(resumed)
+            if log is not None and log.previous:
+                logger.info("resuming %s: skipped %d finished pairs", self.output, len(resumed))
+            for r in resumed:
+                counts[r.status] += 1
+                yield r
+
+            if self.limit is not None:
+                todo = todo[: self.limit]
+            bad = [p for p in todo if p[0] in self.failed or p[1] in self.failed]
+            good = [p for p in todo if p[0] not in self.failed and p[1] not in self.failed]
+
+            def record(r: PairResult) -> PairResult:
+                if log is not None:
+                    log.write(r, (fps.get(r.image1, ""), fps.get(r.image2, "")), opts_fp)
+                counts[r.status] += 1
+                state["computed"] += 1
+                return r
+
+            for a, b in bad:
+                why = self.failed.get(a) or self.failed.get(b)
+                yield record(error_result(a, b, why))
+            t_match = time.perf_counter()
+            with _bar(self.progress, total=len(good), desc="matching", unit="pair", smoothing=0.05) as bar:
+                try:
+                    if good:
+                        for r in self.runner.match(good, str(cache_path)):
+                            yield record(r)
+                            bar.update(1)
+                finally:
+                    state["match_s"] = time.perf_counter() - t_match
+            state["complete"] = state["skipped"] + state["computed"] == state["pairs"]
+        finally:
+            self.runner.close()
+            if log is not None:
+                log.close()
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            self.summary = BatchSummary(
+                images=len(self.entries),
+                images_failed=len(self.failed),
+                features_computed=state["f_computed"],
+                features_cached=state["f_cached"],
+                pairs=state["pairs"],
+                skipped=state["skipped"],
+                computed=state["computed"],
+                verified=counts[VERIFIED],
+                no_homography=counts[NO_HOMOGRAPHY],
+                errors=counts[ERROR],
+                seconds=time.perf_counter() - t_start,
+                match_seconds=state["match_s"],
+                complete=state["complete"],
+            )

@@ -1,0 +1,209 @@
+"""``featmatch batch``: the command over :func:`featmatch.batching.batch`."""
+
+from __future__ import annotations
+
+import click
+
+from ..describe import DESCRIPTORS
+from ..detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
+from ..geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
+from ..match import DEFAULT_RATIO
+from .config import BACKENDS, CACHE_DTYPES, DEFAULT_BATCH_DESCRIPTOR
+from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
+
+
+@click.command("batch")
+@click.argument("images", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.option(
+    "--pairs",
+    "-p",
+    "pairs_spec",
+    default="exhaustive",
+    show_default=True,
+    help=f"exhaustive (all pairs), sequential[:K] (each image with the next K, default {DEFAULT_SEQUENTIAL_K}), "
+    f"shortlist[:K] (each image with its K best FAISS-voted candidates, default {DEFAULT_SHORTLIST_K}), "
+    "or a file of two image names per line.",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="RESULTS file (JSON lines, one per pair). If it exists, its finished pairs are skipped.",
+)
+@click.option(
+    "--descriptor",
+    "-d",
+    type=click.Choice(sorted(DESCRIPTORS)),
+    default=DEFAULT_BATCH_DESCRIPTOR,
+    show_default=True,
+    help="sift/rootsift: OpenCV; hardnet/exptloss: featmatch's CNNs (models/).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False),
+    help="HDF5 feature cache [default: <OUTPUT stem>.features.h5 beside OUTPUT].",
+)
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Processes (local) or Ray CPUs [default: all cores].")
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True, help="Where the work runs.")
+@click.option(
+    "--ray-address",
+    help="A running Ray cluster (host:6379, ray://head:10001 or auto; its nodes need featmatch installed); "
+    "default: start a local instance.",
+)
+@click.option("--limit", type=click.IntRange(min=0), help="Match at most this many new pairs, then stop.")
+@click.option(
+    "--max-keypoints",
+    "-n",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_KEYPOINTS,
+    show_default=True,
+    help="Keep at most this many keypoints per image, the strongest first.",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=64),
+    default=DEFAULT_MAX_SIDE,
+    show_default=True,
+    help="Images larger than this (longer side) are downscaled for detection.",
+)
+@click.option(
+    "--ratio",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=DEFAULT_RATIO,
+    show_default=True,
+    help="Lowe's ratio test (1 disables).",
+)
+@click.option("--mutual/--no-mutual", default=False, show_default=True, help="Also require mutual nearest neighbours.")
+@click.option(
+    "--method",
+    type=click.Choice(sorted(METHODS)),
+    default=DEFAULT_METHOD,
+    show_default=True,
+    help="Robust estimator (magsac = MAGSAC++).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Reprojection threshold in pixels.",
+)
+@click.option(
+    "--min-inliers", type=click.IntRange(min=4), default=12, show_default=True, help="Fewest inliers to accept."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True, help="Where a CNN runs."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="CNN arithmetic.",
+)
+@click.option(
+    "--cache-dtype",
+    type=click.Choice(CACHE_DTYPES),
+    default="float16",
+    show_default=True,
+    help="How descriptors are stored (float16 keeps SIFT's values exactly).",
+)
+@click.option("--save-matches", is_flag=True, help="Also write each verified pair's inlier keypoint indices.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def batch_command(
+    images,
+    pairs_spec,
+    output,
+    descriptor,
+    cache,
+    workers,
+    backend,
+    ray_address,
+    limit,
+    max_keypoints,
+    max_side,
+    ratio,
+    mutual,
+    method,
+    threshold,
+    min_inliers,
+    device,
+    precision,
+    cache_dtype,
+    save_matches,
+    quiet,
+):
+    """Match many image pairs: each image's features are computed once and cached.
+
+    IMAGES is a folder (searched recursively) or a text file with one image path per line.
+    Each pair's result (matches, inliers, homography or null with a reason) is appended to
+    OUTPUT as one JSON line as soon as it is done; running the same command again skips the
+    finished pairs, so an interrupted run goes on where it stopped.
+
+    \b
+    Examples:
+      featmatch batch photos/ --pairs shortlist:10 -o results.jsonl
+      featmatch batch list.txt --pairs pairs.txt -o results.jsonl --workers 8
+      featmatch batch photos/ -o results.jsonl --backend ray --ray-address auto
+    \b
+    Exit codes: 0 the run finished (pairs without a homography are results, not failures),
+    2 bad usage or input (or --backend ray without Ray installed), 130 interrupted.
+    """
+    from .api import batch
+
+    run = batch(
+        images,
+        pairs_spec,
+        output,
+        descriptor=descriptor,
+        cache=cache,
+        workers=workers,
+        backend=backend,
+        ray_address=ray_address,
+        limit=limit,
+        progress=not quiet,
+        max_keypoints=max_keypoints,
+        max_side=max_side,
+        ratio=ratio,
+        mutual=mutual,
+        method=method,
+        threshold=threshold,
+        min_inliers=min_inliers,
+        device=device,
+        precision=precision,
+        cache_dtype=cache_dtype,
+        save_matches=save_matches,
+    )
+    try:
+        run.run()
+    except KeyboardInterrupt:
+        run.close()  # stops the workers; what finished is in OUTPUT
+        _report(run, pairs_spec, output, limit)
+        raise
+    _report(run, pairs_spec, output, limit)
+
+
+def _report(run, pairs_spec: str, output: str, limit: int | None) -> None:
+    for name, why in sorted(run.failed.items()):
+        click.echo(f"featmatch: warning: skipped image {name}: {why}", err=True)
+    if run.summary is not None:
+        _print_summary(run.summary, pairs_spec, output, limit)
+
+
+def _print_summary(s, pairs_spec: str, output: str, limit: int | None) -> None:
+    cached = f", {s.features_cached} from cache" if s.features_cached else ""
+    failed = f" ({s.images_failed} unusable)" if s.images_failed else ""
+    click.echo(f"images {s.images}{failed}: features {s.features_computed} computed{cached}")
+    click.echo(
+        f"pairs {s.pairs} ({pairs_spec}): skipped {s.skipped} finished pairs, matched {s.computed} "
+        f"in {s.match_seconds:.1f} s ({s.pairs_per_second:.1f} pairs/s)"
+    )
+    click.echo(
+        f"verified {s.verified}, no homography {s.no_homography}, failed {s.errors} -> {output}  "
+        f"(total {s.seconds:.1f} s)"
+    )
+    if not s.complete:
+        left = s.pairs - s.skipped - s.computed
+        why = f"--limit {limit}" if limit is not None and s.computed >= limit else "interrupted"
+        click.echo(f"stopped ({why}): {max(left, 0)} pairs left; run the same command again to continue", err=True)

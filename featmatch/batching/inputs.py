@@ -1,0 +1,109 @@
+"""The images of a batch: a folder or a list file in, named image entries with fingerprints out.
+
+An image's *name* is what the pairs file and the results use: its path relative to the folder
+(POSIX separators), or the line of the list file as written. Its *fingerprint* identifies the
+file's content, so that a cached entry or a finished result is reused only for the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, ImageReadError
+
+logger = logging.getLogger(__name__)
+
+#: File name endings taken as images when a folder is listed (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pnm", ".jp2")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of a batch.
+
+    Attributes:
+        name: the name used in pairs and results (unique within a batch).
+        path: where the file is on this machine.
+    """
+
+    name: str
+    path: Path
+
+
+def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ImageEntry]:
+    """The images of ``source``: a folder (searched recursively), a list file, or paths.
+
+    A list file has one image path per line (blank lines and ``#`` comments are skipped);
+    relative paths are taken relative to the list file's folder.
+
+    Raises:
+        ConfigError: the source does not exist, holds no image, or names an image twice.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = [ImageEntry(p.relative_to(root).as_posix(), p) for p in files]
+        elif root.is_file():
+            entries = _read_list_file(root)
+        else:
+            raise ConfigError(f"'{root}' is neither a folder of images nor a list file")
+        where = str(root)
+    else:
+        entries = [ImageEntry(Path(p).as_posix(), Path(p)) for p in source]
+        where = "the given paths"
+    if not entries:
+        raise ConfigError(f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    _check_unique(e.name for e in entries)
+    return entries
+
+
+def _read_list_file(path: Path) -> list[ImageEntry]:
+    entries = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"'{path}' is not a text list of image paths (is it an image? pass its folder)") from None
+    for line in text.splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        p = Path(name)
+        entries.append(ImageEntry(name, p if p.is_absolute() else path.parent / p))
+    return entries
+
+
+def _check_unique(names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(f"image name '{n}' appears twice in the image list")
+        seen.add(n)
+
+
+def read_bytes(entry: ImageEntry) -> bytes:
+    """The file's bytes.
+
+    Raises:
+        ImageReadError: missing, a folder or unreadable.
+    """
+    try:
+        return entry.path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(entry.path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(entry.path, "is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageReadError(entry.path, exc.strerror or str(exc)) from None
+
+
+def content_fingerprint(data: bytes) -> str:
+    """A short hash of an image file's size and bytes (sha1)."""
+    h = hashlib.sha1(len(data).to_bytes(8, "little"))
+    h.update(data)
+    return h.hexdigest()[:20]

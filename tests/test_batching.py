@@ -1,0 +1,353 @@
+"""featmatch batch: pairs, the feature cache, resumable results, local and Ray backends.
+
+The end-to-end tests run on 30 synthetic images: 5 warped, overlapping 320x240 crops of each
+of 6 test photos, with every true homography known (:mod:`featmatch.batching.synthetic`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from featmatch.batching import PairResult, batch, default_cache_path, parse_pairs_spec, shortlist_pairs
+from featmatch.batching.cache import FeatureCache, group_key
+from featmatch.batching.pairs import exhaustive_pairs, read_pairs_file, sequential_pairs, shortlist_scores
+from featmatch.batching.synthetic import TEST_PHOTOS, corner_error, make_crop_set, overlap_error
+from featmatch.cli import cli
+from featmatch.errors import ConfigError, ModelNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
+#: Small and quick: few keypoints per 320x240 crop.
+OPTS = dict(max_keypoints=500)
+#: Pairs sharing at least this fraction (both ways) must be found; smaller overlaps are optional.
+TRUE_OVERLAP = 0.3
+
+
+@pytest.fixture(scope="module")
+def crops(data_dir, tmp_path_factory):
+    return make_crop_set(data_dir, tmp_path_factory.mktemp("crops"), photos=TEST_PHOTOS[:6], crops_per_photo=5)
+
+
+@pytest.fixture(scope="module")
+def true_pairs(crops):
+    return crops.pairs_by_overlap(TRUE_OVERLAP)
+
+
+@pytest.fixture(scope="module")
+def exhaustive(crops, tmp_path_factory):
+    """One exhaustive run in this process; its cache is shared by later tests (read-only)."""
+    out = tmp_path_factory.mktemp("exhaustive") / "results.jsonl"
+    run = batch(crops.folder, "exhaustive", out, workers=1, **OPTS)
+    results = list(run)
+    return out, results, run.summary
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- pairs -------------------------------------------------------------------------------------
+
+
+def test_pairs_specs(tmp_path):
+    assert parse_pairs_spec("exhaustive").mode == "exhaustive"
+    assert parse_pairs_spec("sequential:3").k == 3
+    assert parse_pairs_spec("shortlist").k >= 1
+    for bad in ("sequential:0", "shortlist:x", "exhaustive:2", "nonsense", str(tmp_path / "missing.txt")):
+        with pytest.raises(ConfigError):
+            parse_pairs_spec(bad)
+    f = tmp_path / "pairs.txt"
+    f.write_text("a b\n# comment\n\nb\tc\na b\n")
+    assert parse_pairs_spec(f).mode == "file"
+    assert read_pairs_file(f, ["a", "b", "c"]) == [("a", "b"), ("b", "c")]
+    with pytest.raises(ConfigError, match="not one of"):
+        read_pairs_file(f, ["a", "b"])
+    f.write_text("a a\n")
+    with pytest.raises(ConfigError, match="itself"):
+        read_pairs_file(f, ["a"])
+
+
+def test_pair_generators():
+    names = [f"i{k}" for k in range(6)]
+    assert len(exhaustive_pairs(names)) == 15
+    assert sequential_pairs(names, 2) == [
+        ("i0", "i1"), ("i0", "i2"), ("i1", "i2"), ("i1", "i3"), ("i2", "i3"),
+        ("i2", "i4"), ("i3", "i4"), ("i3", "i5"), ("i4", "i5"),
+    ]  # fmt: skip
+    assert exhaustive_pairs(["a"]) == [] and sequential_pairs([], 3) == []
+
+
+def test_shortlist_empty_cases():
+    assert shortlist_scores([]).shape == (0, 0)
+    assert not shortlist_scores([np.zeros((0, 128), np.float32)] * 3).any()
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(50, 128)).astype(np.float32)
+    # Image b holds (noisy copies of) a's descriptors, c unrelated ones, e none at all.
+    descs = {"a": d, "b": d + 0.01, "c": rng.normal(size=(50, 128)).astype(np.float32), "e": np.zeros((0, 128))}
+    assert shortlist_pairs(list(descs), descs, 1)[0] == ("a", "b")
+    assert all("e" not in p for p in shortlist_pairs(list(descs), descs, 3))
+
+
+# -- end to end on the crops -------------------------------------------------------------------
+
+
+def test_exhaustive_finds_the_true_pairs(crops, true_pairs, exhaustive):
+    out, results, summary = exhaustive
+    n = len(crops.names)
+    assert n >= 30 and len(true_pairs) >= 15
+    assert summary.pairs == summary.computed == n * (n - 1) // 2 and summary.complete
+    assert summary.features_computed == n and summary.errors == 0
+    assert len(_lines(out)) == summary.pairs
+    verified = {r.pair: r for r in results if r.ok}
+    assert true_pairs <= set(verified), f"missed {sorted(true_pairs - set(verified))}"
+    for (a, b), r in verified.items():
+        H_true = crops.true_homography(a, b)
+        assert H_true is not None, f"{a} and {b} are crops of different photos, yet a homography was verified"
+        # Exact where the crops share content; at the corners too for the well-overlapping pairs.
+        assert overlap_error(r.homography, H_true, crops.shape) < 3.0, (a, b)
+        if (a, b) in true_pairs:
+            assert corner_error(r.homography, H_true, crops.shape) < 3.0, (a, b)
+
+
+def test_shortlist_finds_the_true_pairs_cheaply(crops, true_pairs, exhaustive, tmp_path):
+    cache = default_cache_path(exhaustive[0])
+    run = batch(crops.folder, "shortlist:5", tmp_path / "short.jsonl", cache=cache, workers=1, **OPTS)
+    results = list(run)
+    n = len(crops.names)
+    found = {r.pair for r in results if r.ok}
+    fraction = run.summary.pairs / (n * (n - 1) // 2)
+    recall = len(true_pairs & found) / len(true_pairs)
+    print(f"shortlist:5: {run.summary.pairs} pairs ({fraction:.1%} of all), recall {recall:.1%}")
+    assert run.summary.features_computed == 0 and run.summary.features_cached == n  # the cache was reused
+    assert recall >= 0.95 and fraction <= 0.30
+    # Same features and options: the same answer as the exhaustive run for every shortlisted pair.
+    ex = {r.pair: r for r in exhaustive[1]}
+    assert all(ex[r.pair].num_inliers == r.num_inliers and ex[r.pair].status == r.status for r in results)
+
+
+def test_results_api_and_json(exhaustive):
+    _, results, _ = exhaustive
+    r = next(r for r in results if r.ok)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.status = "x"
+    back = PairResult.from_json(json.loads(json.dumps(r.to_json())))
+    assert back.pair == r.pair and back.resumed and np.allclose(back.homography, r.homography)
+    bad = next(r for r in results if not r.ok)
+    assert bad.homography is None and bad.reason and bad.status == "no_homography"
+
+
+def test_cache_layout_and_invalidation(crops, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in crops.names[:3]:
+        (folder / name).write_bytes((crops.folder / name).read_bytes())
+    out = tmp_path / "r.jsonl"
+    s1 = batch(folder, "exhaustive", out, workers=1, **OPTS).run()
+    assert (s1.features_computed, s1.pairs, s1.computed) == (3, 3, 3)
+    with FeatureCache(default_cache_path(out)) as c:
+        g = c._file[group_key(crops.names[0])]
+        assert set(g) == {"keypoints", "scales", "angles", "responses", "descriptors"}
+        assert g["descriptors"].dtype == np.float16 and g["keypoints"].shape[1] == 2
+        assert tuple(g.attrs["image_shape"]) == crops.shape and g.attrs["fingerprint"]
+    s2 = batch(folder, "exhaustive", out, workers=1, **OPTS).run()
+    assert (s2.features_computed, s2.features_cached, s2.skipped, s2.computed) == (0, 3, 3, 0)
+    # A changed image: its features and its pairs are recomputed, the other pair is kept.
+    changed = folder / crops.names[1]
+    changed.write_bytes((crops.folder / crops.names[10]).read_bytes())
+    s3 = batch(folder, "exhaustive", out, workers=1, **OPTS).run()
+    assert (s3.features_computed, s3.skipped, s3.computed) == (1, 1, 2)
+    # A changed detector option: every entry and every pair is recomputed.
+    s4 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300).run()
+    assert (s4.features_computed, s4.skipped, s4.computed) == (3, 0, 3)
+    # A changed matching option keeps the features but recomputes the pairs.
+    s5 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7).run()
+    assert (s5.features_computed, s5.skipped, s5.computed) == (0, 0, 3)
+    # A cache left unreadable (e.g. a crash mid-write) is set aside and rebuilt.
+    cache = default_cache_path(out)
+    cache.write_bytes(b"not an HDF5 file")
+    s6 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7).run()
+    assert (s6.features_computed, s6.skipped) == (3, 3)
+    assert cache.with_name(cache.name + ".corrupt").read_bytes() == b"not an HDF5 file"
+
+
+def test_cnn_descriptor_and_its_weights_in_the_fingerprint(crops, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from featmatch.network import HardNet, save_weights
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("FEATMATCH_MODELS", str(models))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in crops.names[:3]:
+        (folder / name).write_bytes((crops.folder / name).read_bytes())
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ModelNotFoundError):
+        batch(folder, "exhaustive", out, descriptor="hardnet", workers=1, **OPTS).run()
+    torch.manual_seed(0)
+    save_weights(HardNet().eval(), models / "hardnet.pt")
+    s1 = batch(folder, "exhaustive", out, descriptor="hardnet", workers=1, **OPTS).run()
+    assert (s1.features_computed, s1.computed) == (3, 3)
+    torch.manual_seed(1)
+    save_weights(HardNet().eval(), models / "hardnet.pt")  # new weights: new features, new results
+    with FeatureCache(default_cache_path(out)) as c:
+        before = c.get(crops.names[0]).descriptors
+    s2 = batch(folder, "exhaustive", out, descriptor="hardnet", workers=1, **OPTS).run()
+    assert (s2.features_computed, s2.skipped, s2.computed) == (3, 0, 3)
+    with FeatureCache(default_cache_path(out)) as c:
+        assert not np.allclose(c.get(crops.names[0]).descriptors, before)
+
+
+def test_list_file_and_nested_names(crops, tmp_path):
+    for i, name in enumerate(crops.names[:3]):
+        sub = tmp_path / "set" / f"cam{i}"
+        sub.mkdir(parents=True)
+        (sub / name).write_bytes((crops.folder / name).read_bytes())
+    listing = tmp_path / "set" / "images.txt"
+    names = [f"cam{i}/{n}" for i, n in enumerate(crops.names[:3])]
+    listing.write_text("# three crops\n" + "\n".join(names) + "\n")
+    run = batch(listing, "sequential:1", tmp_path / "r.jsonl", workers=1, **OPTS)
+    assert [r.pair for r in run] == [(names[0], names[1]), (names[1], names[2])]
+    folder_run = batch(tmp_path / "set", "sequential:1", tmp_path / "r.jsonl", workers=1, **OPTS)
+    assert folder_run.run().skipped == 2  # a folder gives the same names: nothing to redo
+    with FeatureCache(tmp_path / "r.features.h5") as c:
+        assert c._file["cam0"][crops.names[0]].attrs["name"] == names[0]
+    # Pairs as a list, no RESULTS file (features in a temporary cache); unknown names are an error.
+    (only,) = batch(listing, [(names[2], names[0])], workers=1, **OPTS)
+    assert only.pair == (names[2], names[0]) and not only.resumed
+    with pytest.raises(ConfigError, match="not in the batch"):
+        batch(listing, [(names[0], "nope.png")], workers=1, **OPTS)
+
+
+def test_unreadable_image_fails_its_pairs_only(crops, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in crops.names[:2]:
+        (folder / name).write_bytes((crops.folder / name).read_bytes())
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    run = batch(folder, "exhaustive", tmp_path / "r.jsonl", workers=1, **OPTS)
+    results = {r.pair: r for r in run}
+    assert run.summary.images_failed == 1 and "zz_broken.png" in run.failed
+    assert [r.status for p, r in results.items() if "zz_broken.png" in p] == ["error", "error"]
+    assert results[tuple(crops.names[:2])].status in ("verified", "no_homography")
+
+
+def test_limit_then_resume(crops, exhaustive, tmp_path):
+    cache = default_cache_path(exhaustive[0])
+    out = tmp_path / "r.jsonl"
+    first = batch(crops.folder, "sequential:2", out, cache=cache, workers=1, limit=20, **OPTS)
+    assert len(list(first)) == 20 and not first.summary.complete
+    second = batch(crops.folder, "sequential:2", out, cache=cache, workers=1, **OPTS)
+    results = list(second)
+    assert second.summary.skipped == 20 and second.summary.computed == second.summary.pairs - 20
+    assert [r.resumed for r in results[:20]] == [True] * 20 and not any(r.resumed for r in results[20:])
+    assert len(_lines(out)) == second.summary.pairs  # nothing written twice
+
+
+def test_killed_run_resumes_without_recomputing(crops, exhaustive, tmp_path):
+    """SIGKILL a CLI run halfway; the rerun keeps every finished line and computes only the rest."""
+    out = tmp_path / "r.jsonl"
+    cache = tmp_path / "r.features.h5"
+    cache.write_bytes(default_cache_path(exhaustive[0]).read_bytes())  # features ready: the kill hits matching
+    cmd = [
+        sys.executable,
+        "-m",
+        "featmatch.cli",
+        "batch",
+        str(crops.folder),
+        "-o",
+        str(out),
+        "-q",
+        "-j",
+        "1",
+        "-n",
+        "500",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 60:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = out.read_bytes()
+    done = before.count(b"\n")
+    total = exhaustive[2].pairs
+    assert 60 <= done < total
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"skipped {done} finished pairs, matched {total - done}" in rerun.stdout
+    after = out.read_bytes()
+    assert after.startswith(before[: before.rfind(b"\n") + 1])  # finished lines untouched
+    lines = _lines(out)
+    assert len(lines) == total and len({(d["image1"], d["image2"]) for d in lines}) == total
+    ex = {r.pair: r.num_inliers for r in exhaustive[1]}
+    assert all(ex[(d["image1"], d["image2"])] == d["inliers"] for d in lines)
+
+
+def test_process_pool_matches_inline(crops, exhaustive, tmp_path):
+    cache = default_cache_path(exhaustive[0])
+    run = batch(crops.folder, "sequential:1", tmp_path / "r.jsonl", cache=cache, workers=2, **OPTS)
+    results = list(run)
+    ex = {r.pair: r for r in exhaustive[1]}
+    assert len(results) == len(crops.names) - 1
+    assert all(ex[r.pair].num_inliers == r.num_inliers for r in results)
+
+
+def test_ray_backend_on_a_local_instance(crops, exhaustive, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'featmatch[ray]')")
+    # A fresh cache: the features are computed as Ray tasks and gathered by the driver.
+    run = batch(crops.folder, "sequential:2", tmp_path / "r.jsonl", workers=1, backend="ray", **OPTS)
+    results = list(run)
+    assert run.summary.features_computed == len(crops.names) and run.summary.complete
+    ex = {r.pair: r for r in exhaustive[1]}
+    assert all(ex[r.pair].status == r.status and ex[r.pair].num_inliers == r.num_inliers for r in results)
+    with FeatureCache(tmp_path / "r.features.h5") as c:
+        assert len(c.get(crops.names[0])) > 0
+
+
+def test_ray_missing_is_a_one_line_error(crops, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ConfigError, match="pip install"):
+        batch(crops.folder, "exhaustive", tmp_path / "r.jsonl", backend="ray")
+    res = CliRunner().invoke(cli, ["batch", str(crops.folder), "-o", str(tmp_path / "r.jsonl"), "--backend", "ray"])
+    assert res.exit_code == 2 and "pip install" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_bad_usage_exits_2(crops, tmp_path):
+    runner = CliRunner()
+    for args in (["-p", "sequential:0"], ["-p", "nonsense"], ["--ray-address", "auto"]):
+        res = runner.invoke(cli, ["batch", str(crops.folder), "-o", str(tmp_path / "r.jsonl"), *args])
+        assert res.exit_code == 2, (args, res.output)
+
+
+def test_cli_runs_and_summarizes(crops, exhaustive, tmp_path):
+    out = tmp_path / "r.jsonl"
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{crops.names[0]} {crops.names[1]}\n{crops.names[1]} {crops.names[7]}\n")
+    cache = default_cache_path(exhaustive[0])
+    args = ["batch", str(crops.folder), "-p", str(pairs), "-o", str(out), "--cache", str(cache), "-j", "1", "-n", "500"]
+    res = CliRunner().invoke(cli, [*args, "--save-matches"])
+    assert res.exit_code == 0, res.output
+    assert "skipped 0 finished pairs, matched 2" in res.output and "pairs/s" in res.output
+    lines = _lines(out)
+    assert [(d["image1"], d["image2"]) for d in lines] == [tuple(crops.names[:2]), (crops.names[1], crops.names[7])]
+    assert lines[0]["status"] == "verified" and len(lines[0]["inlier_matches"]) == lines[0]["inliers"]
+    assert lines[1]["status"] == "no_homography" and lines[1]["homography"] is None and lines[1]["reason"]
+
+
+def test_lazy_exports_and_no_heavy_imports():
+    code = "import featmatch, sys; featmatch.batch; print('h5py' in sys.modules, 'ray' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=os.environ)
+    assert res.stdout.split() == ["False", "False"], res.stderr
