@@ -33,6 +33,10 @@ class ConfigError(FeatmatchError):
     """An option has an invalid value (unknown descriptor, ratio out of range, ...)."""
 
 
+class DatasetError(FeatmatchError):
+    """A dataset folder is missing, empty or not in a known layout, or a ground-truth file is unreadable."""
+
+
 class ModelNotFoundError(FeatmatchError):
     """The weights of a learned descriptor are not in the models folder."""
 

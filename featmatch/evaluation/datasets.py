@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import FeatmatchError
+from ..errors import DatasetError
 from ..geometry import corners, degeneracy, project
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ PAIRS_PER_LEVEL = 2
 #: Extensions tried for sequence images, in order.
 IMAGE_EXTS = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
 
-
-class DatasetError(FeatmatchError):
-    """An evaluation folder has no usable pairs or a ground-truth file cannot be read."""
 
 
 @dataclass(frozen=True, eq=False)

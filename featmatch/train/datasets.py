@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..detect import DetectConfig, Keypoints, detect
-from ..errors import ConfigError, FeatmatchError
+from ..errors import ConfigError, DatasetError
+from ..evaluation.datasets import read_homography
 from ..imageio import load_image
 from ..patches import MAGNIFICATION, PATCH_SIZE, extract_patches
 
@@ -60,9 +61,6 @@ SKIMAGE_TEST = ("astronaut", "coffee", "motorcycle_left", "motorcycle_right")
 #: Bump when the builders change in a way that invalidates cached files.
 CACHE_VERSION = 2
 
-
-class DatasetError(FeatmatchError):
-    """A dataset folder is missing, empty or not in the expected layout."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,35 +566,6 @@ def _maybe_tqdm(it: Any, total: int, enabled: bool, desc: str) -> Any:
 
 # --------------------------------------------------------------------------------------------
 # HPatches / Oxford sequences
-
-
-def read_homography(path: Path) -> np.ndarray:
-    """Read a 3x3 homography: plain text (HPatches ``H_1_k``, Oxford ``H1tokp``) or OpenCV XML/YAML.
-
-    Raises:
-        DatasetError: unreadable or not 3x3.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"homography file {path} does not exist")
-    if path.suffix.lower() in (".xml", ".yml", ".yaml"):
-        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-        try:
-            root = fs.root()
-            mats = [root.getNode(k).mat() for k in root.keys()]
-        finally:
-            fs.release()
-        mats = [m for m in mats if m is not None and m.shape == (3, 3)]
-        if not mats:
-            raise DatasetError(f"{path} holds no 3x3 matrix")
-        return mats[0].astype(np.float64)
-    try:
-        hm = np.loadtxt(path, dtype=np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{path} is not a homography: {exc}") from None
-    if hm.shape != (3, 3):
-        raise DatasetError(f"{path} holds a {hm.shape} matrix, expected 3x3")
-    return hm
 
 
 def sequence_groups(ref_path: Path, others: Sequence[tuple[Path, np.ndarray]], cfg: WarpConfig,
