@@ -23,7 +23,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
-from .geometry import DEFAULT_THRESHOLD
+from .options import descriptor_option, pipeline_options
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
 LAZY_COMMANDS = {
@@ -93,87 +93,11 @@ def cli(verbose: int) -> None:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(name)s: %(message)s")
 
 
-def _descriptor_names() -> list[str]:
-    from .describe import DESCRIPTORS
-
-    return sorted(DESCRIPTORS)
-
-
 @cli.command("match")
 @click.argument("img1", type=click.Path(dir_okay=True))
 @click.argument("img2", type=click.Path(dir_okay=True))
-@click.option(
-    "--descriptor",
-    "-d",
-    type=click.Choice(_descriptor_names()),
-    default="hardnet",
-    show_default=True,
-    help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
-)
-@click.option(
-    "--max-keypoints",
-    "-n",
-    type=click.IntRange(min=1),
-    default=4000,
-    show_default=True,
-    help="Keep at most this many keypoints per image, the strongest first.",
-)
-@click.option(
-    "--ratio",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=0.8,
-    show_default=True,
-    help="Lowe's ratio test: keep a match if nearest < RATIO x second nearest distance (1 disables).",
-)
-@click.option(
-    "--mutual/--no-mutual",
-    default=False,
-    show_default=True,
-    help="Also require the match to be nearest in the other direction.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the CNN runs: auto picks CUDA when available.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="CNN arithmetic: auto = bf16 on CPUs with native bf16, fp16 on CUDA, else fp32.",
-)
-@click.option(
-    "--method",
-    type=click.Choice(["magsac", "accurate", "default", "fast", "prosac", "ransac"]),
-    default="magsac",
-    show_default=True,
-    help="Robust estimator (OpenCV USAC variants; magsac = MAGSAC++).",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=DEFAULT_THRESHOLD,
-    show_default=True,
-    help="RANSAC reprojection threshold in pixels.",
-)
-@click.option(
-    "--min-inliers",
-    type=click.IntRange(min=4),
-    default=12,
-    show_default=True,
-    help="Fewest inliers for a homography to be reported.",
-)
-@click.option(
-    "--max-side",
-    type=click.IntRange(min=64),
-    default=2048,
-    show_default=True,
-    help="Images larger than this (longer side, pixels) are downscaled for detection; "
-    "results stay in full-resolution pixels.",
-)
+@descriptor_option("hardnet")
+@pipeline_options()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
 @click.option(
     "--plot",

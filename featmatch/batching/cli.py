@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..describe import DESCRIPTORS
-from ..detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
-from ..geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
-from ..match import DEFAULT_RATIO
+from ..options import descriptor_option, pipeline_options
 from .config import BACKENDS, CACHE_DTYPES, DEFAULT_BATCH_DESCRIPTOR
 from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
 
@@ -31,14 +28,7 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     type=click.Path(dir_okay=False),
     help="RESULTS file (JSON lines, one per pair). If it exists, its finished pairs are skipped.",
 )
-@click.option(
-    "--descriptor",
-    "-d",
-    type=click.Choice(sorted(DESCRIPTORS)),
-    default=DEFAULT_BATCH_DESCRIPTOR,
-    show_default=True,
-    help="sift/rootsift: OpenCV; hardnet/exptloss: featmatch's CNNs (models/).",
-)
+@descriptor_option(DEFAULT_BATCH_DESCRIPTOR)
 @click.option(
     "--cache",
     type=click.Path(dir_okay=False),
@@ -52,56 +42,7 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     "default: start a local instance.",
 )
 @click.option("--limit", type=click.IntRange(min=0), help="Match at most this many new pairs, then stop.")
-@click.option(
-    "--max-keypoints",
-    "-n",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_KEYPOINTS,
-    show_default=True,
-    help="Keep at most this many keypoints per image, the strongest first.",
-)
-@click.option(
-    "--max-side",
-    type=click.IntRange(min=64),
-    default=DEFAULT_MAX_SIDE,
-    show_default=True,
-    help="Images larger than this (longer side) are downscaled for detection.",
-)
-@click.option(
-    "--ratio",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=DEFAULT_RATIO,
-    show_default=True,
-    help="Lowe's ratio test (1 disables).",
-)
-@click.option("--mutual/--no-mutual", default=False, show_default=True, help="Also require mutual nearest neighbours.")
-@click.option(
-    "--method",
-    type=click.Choice(sorted(METHODS)),
-    default=DEFAULT_METHOD,
-    show_default=True,
-    help="Robust estimator (magsac = MAGSAC++).",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Reprojection threshold in pixels.",
-)
-@click.option(
-    "--min-inliers", type=click.IntRange(min=4), default=12, show_default=True, help="Fewest inliers to accept."
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True, help="Where a CNN runs."
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="CNN arithmetic.",
-)
+@pipeline_options(device="cpu")
 @click.option(
     "--cache-dtype",
     type=click.Choice(CACHE_DTYPES),

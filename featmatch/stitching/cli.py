@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
+from ..options import descriptor_option, pipeline_options
 from .config import (
     BLENDS,
     DEFAULT_BLEND,
@@ -22,12 +22,6 @@ from .config import (
 
 #: File name endings taken from a folder given as IMG.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
-
-
-def _descriptor_names() -> list[str]:
-    from ..describe import DESCRIPTORS
-
-    return sorted(DESCRIPTORS)
 
 
 def _expand(paths: tuple[str, ...]) -> list[str]:
@@ -45,35 +39,8 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
 @click.command("stitch")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The panorama (PNG/JPEG).")
-@click.option(
-    "--descriptor",
-    "-d",
-    type=click.Choice(_descriptor_names()),
-    default=DEFAULT_STITCH_DESCRIPTOR,
-    show_default=True,
-    help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
-)
-@click.option(
-    "--max-keypoints", "-n", type=click.IntRange(min=1), default=4000, show_default=True, help="Keypoints per image."
-)
-@click.option(
-    "--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.8, show_default=True, help="Lowe's ratio test."
-)
-@click.option("--mutual/--no-mutual", default=False, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("--method", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True)
-@click.option(
-    "--threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True
-)
-@click.option(
-    "--min-inliers",
-    type=click.IntRange(min=4),
-    default=20,
-    show_default=True,
-    help="Fewest inliers for two images to count as overlapping.",
-)
-@click.option("--max-side", type=click.IntRange(min=64), default=2048, show_default=True)
+@descriptor_option(DEFAULT_STITCH_DESCRIPTOR)
+@pipeline_options(min_inliers=20, min_inliers_help="Fewest inliers for two images to count as overlapping.")
 @click.option(
     "--projection",
     type=click.Choice(PROJECTIONS),

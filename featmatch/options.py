@@ -1,0 +1,113 @@
+"""Command-line options shared by every command that runs the matching pipeline.
+
+``match``, ``stitch`` and ``batch`` expose the same detector, matcher, estimator and device
+knobs; they are defined once here so that names, ranges, defaults and help stay the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
+from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
+from .match import DEFAULT_RATIO
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def descriptor_names() -> list[str]:
+    from .describe import DESCRIPTORS
+
+    return sorted(DESCRIPTORS)
+
+
+def descriptor_option(default: str) -> Callable:
+    return click.option(
+        "--descriptor",
+        "-d",
+        type=click.Choice(descriptor_names()),
+        default=default,
+        show_default=True,
+        help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
+    )
+
+
+def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_help: str | None = None) -> Callable:
+    """Decorator adding ``--max-keypoints --max-side --ratio --mutual --method --threshold
+    --min-inliers --device --precision`` (keyword arguments of the same names)."""
+    options = [
+        click.option(
+            "--max-keypoints",
+            "-n",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_KEYPOINTS,
+            show_default=True,
+            help="Keep at most this many keypoints per image, the strongest first.",
+        ),
+        click.option(
+            "--max-side",
+            type=click.IntRange(min=64),
+            default=DEFAULT_MAX_SIDE,
+            show_default=True,
+            help="Images larger than this (longer side, pixels) are downscaled for detection; "
+            "results stay in full-resolution pixels.",
+        ),
+        click.option(
+            "--ratio",
+            type=click.FloatRange(0.0, 1.0, min_open=True),
+            default=DEFAULT_RATIO,
+            show_default=True,
+            help="Lowe's ratio test: keep a match if nearest < RATIO x second nearest distance (1 disables).",
+        ),
+        click.option(
+            "--mutual/--no-mutual",
+            default=False,
+            show_default=True,
+            help="Also require the match to be nearest in the other direction.",
+        ),
+        click.option(
+            "--method",
+            type=click.Choice(sorted(METHODS)),
+            default=DEFAULT_METHOD,
+            show_default=True,
+            help="Robust estimator (OpenCV USAC variants; magsac = MAGSAC++).",
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(min=0.0, min_open=True),
+            default=DEFAULT_THRESHOLD,
+            show_default=True,
+            help="RANSAC reprojection threshold in pixels.",
+        ),
+        click.option(
+            "--min-inliers",
+            type=click.IntRange(min=4),
+            default=min_inliers,
+            show_default=True,
+            help=min_inliers_help or "Fewest inliers for a homography to be reported.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(DEVICES),
+            default=device,
+            show_default=True,
+            help="Where the CNN runs: auto picks CUDA when available.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="auto",
+            show_default=True,
+            help="CNN arithmetic: auto = bf16 on CPUs with native bf16, fp16 on CUDA, else fp32.",
+        ),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
