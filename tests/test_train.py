@@ -388,9 +388,11 @@ def test_cli_help_and_errors(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "--mining-ratio" in r.output and "--resume" in r.output
     r = runner.invoke(eval_patches, ["--help"])
     assert r.exit_code == 0 and "FPR95" in r.output
-    r = runner.invoke(train, ["--loss", "exptloss", "--mining-ratio", "2", "--data-root", str(tmp_path)])
+    r = runner.invoke(train, ["--loss", "exptloss", "--mining-ratio", "2", "--data-root", str(tmp_path),
+                              "--run-dir", str(tmp_path / "run")])
     assert isinstance(r.exception, ConfigError)
-    r = runner.invoke(train, ["--data-root", str(tmp_path), "--cache-dir", str(tmp_path), "--steps", "1"])
+    r = runner.invoke(train, ["--data-root", str(tmp_path), "--cache-dir", str(tmp_path), "--steps", "1",
+                              "--run-dir", str(tmp_path / "run")])
     assert isinstance(r.exception, DatasetError) and isinstance(r.exception, FeatmatchError)
     r = runner.invoke(eval_patches, ["--descriptor", "x=" + str(tmp_path / "none.pt"), "--data-root", str(DATA),
                                      "--cache-dir", str(tmp_path)])
