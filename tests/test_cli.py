@@ -123,3 +123,15 @@ def test_console_script_help_and_exit_codes():
         [sys.executable, "-m", "featmatch.cli", "match", "x.png", "y.png", "-d", "sift"], capture_output=True, text=True
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_top_level_help_lists_commands_without_importing_torch():
+    code = (
+        "import sys\nfrom featmatch.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'kornia', 'h5py', 'ray') if m in sys.modules), file=sys.stderr)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr
+    for command in ("match", "stitch", "batch", "eval", "bench", "train", "eval-patches"):
+        assert f"  {command} " in p.stdout
