@@ -7,9 +7,10 @@ principal point) divided by a common scale, so that ``K = diag(f, f, 1)``.
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import numpy as np
+
+from .graph import tree_edges_from
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +76,12 @@ def chain_rotations(
     """
     K = np.diag([focal, focal, 1.0])
     K_inv = np.diag([1.0 / focal, 1.0 / focal, 1.0])
-    adj: dict[int, list[int]] = {reference: []}
-    for a, b in tree:
-        adj.setdefault(a, []).append(b)
-        adj.setdefault(b, []).append(a)
     out = {reference: np.eye(3)}
-    queue = deque([reference])
-    while queue:
-        u = queue.popleft()
-        for v in adj[u]:
-            if v in out:
-                continue
-            H_uv = centred_H[(u, v)] if (u, v) in centred_H else np.linalg.inv(centred_H[(v, u)])
-            M = K_inv @ H_uv @ K
-            M = M / np.cbrt(np.linalg.det(M)) if np.linalg.det(M) > 0 else M
-            out[v] = nearest_rotation(M) @ out[u]
-            queue.append(v)
+    for u, v in tree_edges_from(reference, tree):
+        H_uv = centred_H[(u, v)] if (u, v) in centred_H else np.linalg.inv(centred_H[(v, u)])
+        M = K_inv @ H_uv @ K
+        M = M / np.cbrt(np.linalg.det(M)) if np.linalg.det(M) > 0 else M
+        out[v] = nearest_rotation(M) @ out[u]
     return out
 
 

@@ -201,22 +201,29 @@ def chain_to_reference(
         tree: undirected tree edges.
         pair_H: ``(i, j) -> H`` mapping image ``i`` to image ``j`` for every tree edge (either order).
     """
+    out = {reference: np.eye(3)}
+    for u, v in tree_edges_from(reference, tree):
+        H_vu = pair_H[(v, u)] if (v, u) in pair_H else np.linalg.inv(pair_H[(u, v)])
+        H = out[u] @ H_vu
+        out[v] = H / H[2, 2]
+    return out
+
+
+def tree_edges_from(reference: int, tree: list[tuple[int, int]]):
+    """Yield the undirected ``tree``'s edges as ``(parent, child)``, breadth first from ``reference``."""
     adj: dict[int, list[int]] = {reference: []}
     for a, b in tree:
         adj.setdefault(a, []).append(b)
         adj.setdefault(b, []).append(a)
-    out = {reference: np.eye(3)}
+    seen = {reference}
     queue = deque([reference])
     while queue:
         u = queue.popleft()
         for v in adj[u]:
-            if v in out:
-                continue
-            H_vu = pair_H[(v, u)] if (v, u) in pair_H else np.linalg.inv(pair_H[(u, v)])
-            H = out[u] @ H_vu
-            out[v] = H / H[2, 2]
-            queue.append(v)
-    return out
+            if v not in seen:
+                seen.add(v)
+                yield u, v
+                queue.append(v)
 
 
 def image_outline(shape: tuple[int, int], per_side: int = 16) -> np.ndarray:
