@@ -40,7 +40,7 @@ import torch
 
 from ..detect import DetectConfig, Keypoints, detect
 from ..errors import ConfigError, DatasetError
-from ..evaluation.datasets import read_homography
+from ..evaluation.datasets import hpatches_sequence, oxford_sequence, read_homography
 from ..imageio import load_image
 from ..patches import MAGNIFICATION, PATCH_SIZE, extract_patches
 
@@ -60,7 +60,6 @@ SKIMAGE_TEST = ("astronaut", "coffee", "motorcycle_left", "motorcycle_right")
 
 #: Bump when the builders change in a way that invalidates cached files.
 CACHE_VERSION = 2
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +114,9 @@ class PatchDataset:
             ids.append(inv.to(torch.int64) + offset)
             offset += int(inv.max()) + 1
         if not patches:
-            return cls(torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+            return cls(
+                torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+            )
         return cls(torch.cat(patches), torch.cat(ids))
 
 
@@ -142,8 +143,9 @@ class PairSet:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"a": self.a, "b": self.b, "label": self.label, "source": self.source,
-                    "sources": list(self.sources)}, tmp)
+        torch.save(
+            {"a": self.a, "b": self.b, "label": self.label, "source": self.source, "sources": list(self.sources)}, tmp
+        )
         tmp.replace(path)
 
     @classmethod
@@ -251,8 +253,9 @@ def test_photos(data_root: Path) -> list[Path]:
 # geometry
 
 
-def random_homography(rng: np.random.Generator, shape_in: tuple[int, int], shape_out: tuple[int, int],
-                      cfg: WarpConfig) -> np.ndarray:
+def random_homography(
+    rng: np.random.Generator, shape_in: tuple[int, int], shape_out: tuple[int, int], cfg: WarpConfig
+) -> np.ndarray:
     """A random homography mapping the centre of ``shape_in`` to the centre of ``shape_out``.
 
     Shape:
@@ -344,9 +347,14 @@ def patch_radius(size: np.ndarray) -> np.ndarray:
     return np.asarray(size, dtype=np.float64) * MAGNIFICATION / 2.0 * math.sqrt(2.0)
 
 
-def match_by_homography(kp_a: Keypoints, kp_b: Keypoints, hm: np.ndarray, cfg: WarpConfig,
-                        valid_a: np.ndarray | None = None, valid_b: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def match_by_homography(
+    kp_a: Keypoints,
+    kp_b: Keypoints,
+    hm: np.ndarray,
+    cfg: WarpConfig,
+    valid_a: np.ndarray | None = None,
+    valid_b: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pair keypoints of image a with keypoints of image b that are the same point under ``hm``.
 
     A pair needs: the projection of ``a`` within ``cfg.pixel_tol`` pixels of ``b``; sizes that
@@ -387,12 +395,12 @@ def match_by_homography(kp_a: Keypoints, kp_b: Keypoints, hm: np.ndarray, cfg: W
         return empty
     # Squared pixel distances (|A| x |B|); a few thousand points each, so a dense matrix is fine.
     d2 = ((pa[ia, None, :] - xb[None, ib, :]) ** 2).sum(-1)
-    cand = d2 <= cfg.pixel_tol ** 2
+    cand = d2 <= cfg.pixel_tol**2
     log_ratio = np.log(kp_b.size[ib][None, :] / (kp_a.size[ia, None] * lscale[ia, None]))
     cand &= np.abs(log_ratio) < cfg.log_scale_tol
     dang = np.abs((kp_b.angle[ib][None, :] - ang_expected[ia, None] + 180.0) % 360.0 - 180.0)
     cand &= dang < cfg.angle_tol_deg
-    cost = np.where(cand, d2 / cfg.pixel_tol ** 2 + (log_ratio / cfg.log_scale_tol) ** 2, np.inf)
+    cost = np.where(cand, d2 / cfg.pixel_tol**2 + (log_ratio / cfg.log_scale_tol) ** 2, np.inf)
     rows, cols = np.nonzero(np.isfinite(cost))
     if len(rows) == 0:
         return empty
@@ -450,8 +458,7 @@ def _patches(kp: Keypoints, idx: np.ndarray) -> torch.Tensor:
     return (p * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
-def warp_pair(gray: np.ndarray, rng: np.random.Generator, cfg: WarpConfig
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def warp_pair(gray: np.ndarray, rng: np.random.Generator, cfg: WarpConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp a photo by a random homography (and photometric changes).
 
     Returns:
@@ -461,8 +468,9 @@ def warp_pair(gray: np.ndarray, rng: np.random.Generator, cfg: WarpConfig
     h, w = gray.shape
     hm = random_homography(rng, (h, w), (h, w), cfg)
     warped = cv2.warpPerspective(gray, hm, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    valid = cv2.warpPerspective(np.ones((h, w), np.uint8), hm, (w, h), flags=cv2.INTER_NEAREST,
-                                borderMode=cv2.BORDER_CONSTANT)
+    valid = cv2.warpPerspective(
+        np.ones((h, w), np.uint8), hm, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
+    )
     if cfg.photometric:
         warped = photometric(warped, rng)
     return warped, valid, hm
@@ -509,16 +517,25 @@ def _photo_worker(args: tuple[str, int, dict]) -> tuple[torch.Tensor, np.ndarray
 
 def _cache_key(kind: str, cfg: Any, files: Sequence[Path], extra: Any = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"kind": kind, "version": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) if cfg else None,
-                         "extra": extra}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"kind": kind, "version": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) if cfg else None, "extra": extra},
+            sort_keys=True,
+        ).encode()
+    )
     for f in files:
         st = Path(f).stat()
         h.update(f"{Path(f).name}:{st.st_size}".encode())
     return h.hexdigest()[:16]
 
 
-def build_warp_dataset(photos: Sequence[Path], cfg: WarpConfig, cache_dir: Path | None = DEFAULT_CACHE_DIR,
-                       workers: int = 1, progress: bool = False) -> PatchDataset:
+def build_warp_dataset(
+    photos: Sequence[Path],
+    cfg: WarpConfig,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    workers: int = 1,
+    progress: bool = False,
+) -> PatchDataset:
     """Self-supervised patch dataset from random warps of ``photos`` (cached).
 
     Args:
@@ -547,7 +564,9 @@ def build_warp_dataset(photos: Sequence[Path], cfg: WarpConfig, cache_dir: Path 
             it = pool.imap(_photo_worker, jobs)
             results = list(_maybe_tqdm(it, len(jobs), progress, "building patches"))
     else:
-        results = [photo_groups(Path(p), i, cfg) for p, i, _ in _maybe_tqdm(jobs, len(jobs), progress, "building patches")]
+        results = [
+            photo_groups(Path(p), i, cfg) for p, i, _ in _maybe_tqdm(jobs, len(jobs), progress, "building patches")
+        ]
     parts = [PatchDataset(p, torch.from_numpy(i)) for p, i in results]
     ds = PatchDataset.concat(parts)
     logger.info("built %d patches of %d points from %d photos", len(ds), ds.num_points, len(photos))
@@ -568,8 +587,9 @@ def _maybe_tqdm(it: Any, total: int, enabled: bool, desc: str) -> Any:
 # HPatches / Oxford sequences
 
 
-def sequence_groups(ref_path: Path, others: Sequence[tuple[Path, np.ndarray]], cfg: WarpConfig,
-                    id_offset: int = 0) -> PatchDataset:
+def sequence_groups(
+    ref_path: Path, others: Sequence[tuple[Path, np.ndarray]], cfg: WarpConfig, id_offset: int = 0
+) -> PatchDataset:
     """Patch groups of a real sequence: reference keypoints paired in each other image by GT H.
 
     Args:
@@ -596,16 +616,34 @@ def sequence_groups(ref_path: Path, others: Sequence[tuple[Path, np.ndarray]], c
         chunks.insert(0, _patches(ref, ref_idx))
         ids.insert(0, ref_idx)
     if not chunks:
-        return PatchDataset(torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+        return PatchDataset(
+            torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+        )
     return PatchDataset(torch.cat(chunks), torch.from_numpy(np.concatenate(ids) + id_offset))
 
 
-def _find_image(folder: Path, stem: str) -> Path:
-    for ext in (".ppm", ".png", ".jpg", ".pgm"):
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    raise DatasetError(f"{folder} has no image {stem}.ppm|png|jpg|pgm")
+def _sequence_dataset(root: Path, cfg: WarpConfig, h_glob: str, read_pairs, layout: str) -> PatchDataset:
+    """Patch groups from every sequence folder under ``root`` (or ``root`` itself) holding ``h_glob`` files.
+
+    The folder is read by the evaluation's sequence reader, so training and evaluation agree on
+    the layout; a homography file without its image is an error here, not a skipped pair.
+    """
+    root = Path(root)
+
+    def has_h(folder: Path) -> bool:
+        return any(folder.glob(h_glob))
+
+    seqs = [root] if has_h(root) else sorted(d for d in root.iterdir() if d.is_dir() and has_h(d))
+    if not seqs:
+        raise DatasetError(f"{root} holds no {layout} sequence")
+    parts = []
+    for seq in seqs:
+        pairs = read_pairs(seq)
+        n_h = len(list(seq.glob(h_glob)))
+        if not pairs or len(pairs) != n_h:
+            raise DatasetError(f"{seq}: {n_h} homography files but {len(pairs)} readable image pairs")
+        parts.append(sequence_groups(pairs[0].image1, [(p.image2, p.H) for p in pairs], cfg))
+    return PatchDataset.concat(parts)
 
 
 def hpatches_dataset(root: Path, cfg: WarpConfig = WarpConfig()) -> PatchDataset:
@@ -613,19 +651,7 @@ def hpatches_dataset(root: Path, cfg: WarpConfig = WarpConfig()) -> PatchDataset
 
     ``root`` is one sequence folder or a folder of sequence folders.
     """
-    root = Path(root)
-    seqs = [root] if (root / "H_1_2").is_file() else sorted(d for d in root.iterdir() if (d / "H_1_2").is_file())
-    if not seqs:
-        raise DatasetError(f"{root} holds no HPatches sequence (a folder with 1.ppm and H_1_2)")
-    parts = []
-    for seq in seqs:
-        others = []
-        for k in range(2, 7):
-            hfile = seq / f"H_1_{k}"
-            if hfile.is_file():
-                others.append((_find_image(seq, str(k)), read_homography(hfile)))
-        parts.append(sequence_groups(_find_image(seq, "1"), others, cfg))
-    return PatchDataset.concat(parts)
+    return _sequence_dataset(root, cfg, "H_1_*", hpatches_sequence, "HPatches (a folder with 1.ppm and H_1_2)")
 
 
 def oxford_dataset(root: Path, cfg: WarpConfig = WarpConfig()) -> PatchDataset:
@@ -633,19 +659,7 @@ def oxford_dataset(root: Path, cfg: WarpConfig = WarpConfig()) -> PatchDataset:
 
     ``root`` is one sequence folder or a folder of sequence folders.
     """
-    root = Path(root)
-    seqs = [root] if (root / "H1to2p").is_file() else sorted(d for d in root.iterdir() if (d / "H1to2p").is_file())
-    if not seqs:
-        raise DatasetError(f"{root} holds no Oxford sequence (a folder with img1.* and H1to2p)")
-    parts = []
-    for seq in seqs:
-        others = []
-        for k in range(2, 10):
-            hfile = seq / f"H1to{k}p"
-            if hfile.is_file():
-                others.append((_find_image(seq, f"img{k}"), read_homography(hfile)))
-        parts.append(sequence_groups(_find_image(seq, "img1"), others, cfg))
-    return PatchDataset.concat(parts)
+    return _sequence_dataset(root, cfg, "H1to*p", oxford_sequence, "Oxford (a folder with img1.* and H1to2p)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,14 +695,18 @@ def load_phototour(root: Path, max_patches: int | None = None) -> PatchDataset:
     out = np.zeros((len(ids), 1, PATCH_SIZE, PATCH_SIZE), np.uint8)
     for b in range(need):
         img = cv2.imread(str(bmps[b]), cv2.IMREAD_GRAYSCALE)
-        if img is None or img.shape[0] < PHOTOTOUR_GRID * PHOTOTOUR_SIDE or img.shape[1] < PHOTOTOUR_GRID * PHOTOTOUR_SIDE:
+        if (
+            img is None
+            or img.shape[0] < PHOTOTOUR_GRID * PHOTOTOUR_SIDE
+            or img.shape[1] < PHOTOTOUR_GRID * PHOTOTOUR_SIDE
+        ):
             raise DatasetError(f"{bmps[b]} is not a {PHOTOTOUR_GRID * PHOTOTOUR_SIDE}-pixel patch grid")
         for k in range(per):
             n = b * per + k
             if n >= len(ids):
                 break
             r, c = divmod(k, PHOTOTOUR_GRID)
-            tile = img[r * PHOTOTOUR_SIDE:(r + 1) * PHOTOTOUR_SIDE, c * PHOTOTOUR_SIDE:(c + 1) * PHOTOTOUR_SIDE]
+            tile = img[r * PHOTOTOUR_SIDE : (r + 1) * PHOTOTOUR_SIDE, c * PHOTOTOUR_SIDE : (c + 1) * PHOTOTOUR_SIDE]
             out[n, 0] = cv2.resize(tile, (PATCH_SIZE, PATCH_SIZE), interpolation=cv2.INTER_AREA)
     return PatchDataset(torch.from_numpy(out), torch.from_numpy(ids))
 
@@ -702,23 +720,32 @@ def load_phototour_pairs(root: Path, dataset: PatchDataset, match_file: str | No
     files = [root / match_file] if match_file else sorted(root.glob("m50_*.txt"))
     if not files or not files[0].is_file():
         raise DatasetError(f"{root} has no m50_*.txt match file")
-    rows = np.array([[int(v) for v in line.split()[:5]] for line in files[0].read_text().splitlines() if line.strip()],
-                    dtype=np.int64).reshape(-1, 5)
+    rows = np.array(
+        [[int(v) for v in line.split()[:5]] for line in files[0].read_text().splitlines() if line.strip()],
+        dtype=np.int64,
+    ).reshape(-1, 5)
     i, j = rows[:, 0], rows[:, 3]
     if len(rows) and max(i.max(), j.max()) >= len(dataset):
         raise DatasetError(f"{files[0]} refers to patch {max(i.max(), j.max())} but only {len(dataset)} were read")
     label = torch.from_numpy(rows[:, 1] == rows[:, 4])
-    return PairSet(dataset.patches[i], dataset.patches[j], label, torch.zeros(len(rows), dtype=torch.int64),
-                   (files[0].name,))
+    return PairSet(
+        dataset.patches[i], dataset.patches[j], label, torch.zeros(len(rows), dtype=torch.int64), (files[0].name,)
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # evaluation pairs
 
 
-def pairs_from_matches(pa: torch.Tensor, pb: torch.Tensor, rng: np.random.Generator, xy_b_proj: np.ndarray,
-                       xy_b: np.ndarray, min_dist: float = 10.0, hard: bool = True
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pairs_from_matches(
+    pa: torch.Tensor,
+    pb: torch.Tensor,
+    rng: np.random.Generator,
+    xy_b_proj: np.ndarray,
+    xy_b: np.ndarray,
+    min_dist: float = 10.0,
+    hard: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positive pairs ``(pa[i], pb[i])`` plus as many negatives ``(pa[i], pb[j])``, j != i.
 
     A negative partner ``j`` is taken among the matched keypoints of b whose position is at
@@ -732,8 +759,9 @@ def pairs_from_matches(pa: torch.Tensor, pb: torch.Tensor, rng: np.random.Genera
         - Output: a, b ``(2M, 1, 32, 32)``, label ``(2M,)`` bool (first M True).
     """
     m = len(pa)
-    far = ((xy_b[None, :, :] - xy_b_proj[:, None, :]) ** 2).sum(-1) >= min_dist ** 2
+    far = ((xy_b[None, :, :] - xy_b_proj[:, None, :]) ** 2).sum(-1) >= min_dist**2
     if hard:
+
         def norm(x: torch.Tensor) -> torch.Tensor:
             f = x.flatten(1).float()
             f = f - f.mean(1, keepdim=True)
@@ -754,9 +782,15 @@ def pairs_from_matches(pa: torch.Tensor, pb: torch.Tensor, rng: np.random.Genera
     return a, b, label
 
 
-def image_pair_pairs(gray_a: np.ndarray, gray_b: np.ndarray, hm: np.ndarray, cfg: WarpConfig, rng: np.random.Generator,
-                     valid_b: np.ndarray | None = None, max_pairs: int | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def image_pair_pairs(
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    hm: np.ndarray,
+    cfg: WarpConfig,
+    rng: np.random.Generator,
+    valid_b: np.ndarray | None = None,
+    max_pairs: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positive and negative patch pairs (1:1) of one image pair with a known homography a->b."""
     dcfg = DetectConfig(max_keypoints=cfg.max_keypoints)
     ka, kb = detect(gray_a, dcfg), detect(gray_b, dcfg)
@@ -767,7 +801,9 @@ def image_pair_pairs(gray_a: np.ndarray, gray_b: np.ndarray, hm: np.ndarray, cfg
     empty = torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8)
     if len(ia) < 2:
         return empty, empty, torch.zeros(0, dtype=torch.bool)
-    return pairs_from_matches(_patches(ka, ia), _patches(kb, ib), rng, project(hm, ka.xy[ia]), kb.xy[ib].astype(np.float64))
+    return pairs_from_matches(
+        _patches(ka, ia), _patches(kb, ib), rng, project(hm, ka.xy[ia]), kb.xy[ib].astype(np.float64)
+    )
 
 
 @dataclass(frozen=True)
@@ -790,15 +826,23 @@ class TestPairsConfig:
     warp: WarpConfig = WarpConfig(max_keypoints=2000, seed=12345, log_scale_tol=0.35, angle_tol_deg=30.0)
 
 
-def build_pairs(photos: Sequence[Path], real_pairs: Sequence[tuple[Path, Path, np.ndarray]], cfg: TestPairsConfig,
-                cache_dir: Path | None = DEFAULT_CACHE_DIR, tag: str = "test") -> PairSet:
+def build_pairs(
+    photos: Sequence[Path],
+    real_pairs: Sequence[tuple[Path, Path, np.ndarray]],
+    cfg: TestPairsConfig,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    tag: str = "test",
+) -> PairSet:
     """Labelled 1:1 patch pairs: synthetic warps of ``photos`` plus real image pairs with GT H (cached)."""
     photos = [Path(p) for p in photos]
     files = photos + [p for a, b, _ in real_pairs for p in (a, b)]
     cache = None
     if cache_dir is not None:
-        extra = {"tag": tag, "real": [[str(Path(a).name), str(Path(b).name), np.asarray(h).round(8).tolist()]
-                                      for a, b, h in real_pairs], "cfg": dataclasses.asdict(cfg)}
+        extra = {
+            "tag": tag,
+            "real": [[str(Path(a).name), str(Path(b).name), np.asarray(h).round(8).tolist()] for a, b, h in real_pairs],
+            "cfg": dataclasses.asdict(cfg),
+        }
         cache = Path(cache_dir) / f"pairs-{tag}-{_cache_key('pairs', None, files, extra)}.pt"
         if cache.is_file():
             logger.info("loading cached pairs %s", cache)
@@ -809,14 +853,17 @@ def build_pairs(photos: Sequence[Path], real_pairs: Sequence[tuple[Path, Path, n
         gray = _downscale(load_image(photo).gray, cfg.warp.max_side)
         for w in range(cfg.warps_per_photo):
             warped, valid, hm = warp_pair(gray, rng, cfg.warp)
-            a, b, lab = image_pair_pairs(gray, warped, hm, cfg.warp, rng, valid_b=valid, max_pairs=cfg.max_pairs_per_warp)
+            a, b, lab = image_pair_pairs(
+                gray, warped, hm, cfg.warp, rng, valid_b=valid, max_pairs=cfg.max_pairs_per_warp
+            )
             names.append(f"{photo.stem}/warp{w}")
             a_all.append(a), b_all.append(b), l_all.append(lab)
             s_all.append(torch.full((len(lab),), len(names) - 1, dtype=torch.int64))
     for k, (pa, pb, hm) in enumerate(real_pairs):
         rng = np.random.default_rng([cfg.seed, 1000 + k])
-        a, b, lab = image_pair_pairs(load_image(pa).gray, load_image(pb).gray, np.asarray(hm, np.float64), cfg.warp, rng,
-                                     max_pairs=None)
+        a, b, lab = image_pair_pairs(
+            load_image(pa).gray, load_image(pb).gray, np.asarray(hm, np.float64), cfg.warp, rng, max_pairs=None
+        )
         names.append(f"{Path(pa).stem}->{Path(pb).stem}")
         a_all.append(a), b_all.append(b), l_all.append(lab)
         s_all.append(torch.full((len(lab),), len(names) - 1, dtype=torch.int64))
@@ -827,8 +874,11 @@ def build_pairs(photos: Sequence[Path], real_pairs: Sequence[tuple[Path, Path, n
     return ps
 
 
-def build_test_pairs(data_root: Path = DEFAULT_DATA_ROOT, cache_dir: Path | None = DEFAULT_CACHE_DIR,
-                     cfg: TestPairsConfig = TestPairsConfig()) -> PairSet:
+def build_test_pairs(
+    data_root: Path = DEFAULT_DATA_ROOT,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    cfg: TestPairsConfig = TestPairsConfig(),
+) -> PairSet:
     """The fixed TEST pairs: warps of astronaut, coffee, motorcycle_left/right plus graf1->graf3."""
     data_root = Path(data_root)
     ocv = data_root / "opencv-samples"
@@ -842,6 +892,10 @@ def build_val_pairs(data_root: Path = DEFAULT_DATA_ROOT, cache_dir: Path | None 
     These share photos with training, so they only track progress; they are not a held-out score.
     """
     photos = train_photos(data_root)[::6]
-    cfg = TestPairsConfig(warps_per_photo=2, max_pairs_per_warp=300, seed=777,
-                          warp=WarpConfig(seed=777, log_scale_tol=0.35, angle_tol_deg=30.0))
+    cfg = TestPairsConfig(
+        warps_per_photo=2,
+        max_pairs_per_warp=300,
+        seed=777,
+        warp=WarpConfig(seed=777, log_scale_tol=0.35, angle_tol_deg=30.0),
+    )
     return build_pairs(photos, [], cfg, cache_dir, tag="val")
