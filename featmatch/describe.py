@@ -29,8 +29,9 @@ DEFAULT_DESCRIPTOR = "hardnet"
 DEFAULT_BATCH_SIZE = 256
 #: Device choices of the CLI.
 DEVICES = ("auto", "cpu", "cuda")
-#: Precision choices of the CNN descriptors ("auto": bf16 on CPUs with native bf16, fp16 on CUDA).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Precision choices of the CNN descriptors ("auto": int8 on CPUs with VNNI when the weights have
+#: an int8 calibration, else bf16 on CPUs with native bf16, else fp32; fp16 on CUDA).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def resolve_device(device: str) -> str:
@@ -88,11 +89,14 @@ class CNNDescriptor:
     Args:
         name: weight file name in ``models/``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``auto`` (bf16 on CPUs with native bf16 support, fp16 on CUDA, fp32
-            otherwise), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (int8 on CPUs with VNNI when ``models/<name>.int8.json`` exists,
+            else bf16 on CPUs with native bf16 support, else fp32; fp16 on CUDA), ``fp32``,
+            ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, needs the calibration).
         batch_size: patches per forward pass.
         model: an already built :class:`~featmatch.network.HardNet` (tests use random weights);
             when given, ``name`` is only a label.
+        calibration: int8 activation ranges (:class:`~featmatch.quantize.Calibration`);
+            by default ``models/<name>.int8.json`` when ``model`` is not given.
     """
 
     def __init__(
@@ -102,18 +106,29 @@ class CNNDescriptor:
         precision: str = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
         model: torch.nn.Module | None = None,
+        calibration=None,
     ):
         from .inference import fold_for_inference, pick_precision
         from .network import load_weights
+        from .quantize import load_calibration, quantize
 
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
         self.device = resolve_device(device)
-        self.precision = pick_precision(precision, self.device)
+        if calibration is None and model is None and precision in ("auto", "int8") and self.device == "cpu":
+            calibration = load_calibration(name)
+        self.precision = pick_precision(precision, self.device, int8_ready=calibration is not None)
+        if self.precision == "int8" and calibration is None:
+            raise ConfigError(
+                f"--precision int8 needs an int8 calibration of '{name}' (models/{name}.int8.json); "
+                f"make it with `featmatch calibrate {name}`"
+            )
         self.batch_size = batch_size
         net = model if model is not None else load_weights(name)
         self.net = fold_for_inference(net, self.device)
+        if self.precision == "int8":
+            self.net = quantize(self.net, calibration)
 
     def describe_patches(self, patches: torch.Tensor) -> np.ndarray:
         """Shape: ``(N, 1, 32, 32)`` patches -> ``(N, 128)`` float32 unit vectors."""
@@ -138,6 +153,12 @@ DESCRIPTORS: dict[str, Callable[..., Callable[[Keypoints], np.ndarray]]] = {
 }
 
 
+def check_descriptor_name(name: str) -> None:
+    """Raise ConfigError (listing the valid names) when ``name`` is not in :data:`DESCRIPTORS`."""
+    if name not in DESCRIPTORS:
+        raise ConfigError(f"unknown descriptor '{name}'; choose one of {', '.join(sorted(DESCRIPTORS))}")
+
+
 def build_descriptor(name: str, **options) -> Callable[[Keypoints], np.ndarray]:
     """Build the descriptor ``name`` from :data:`DESCRIPTORS`.
 
@@ -145,6 +166,5 @@ def build_descriptor(name: str, **options) -> Callable[[Keypoints], np.ndarray]:
         ConfigError: unknown name (the message lists the valid ones).
         ModelNotFoundError: a learned descriptor whose weights are missing.
     """
-    if name not in DESCRIPTORS:
-        raise ConfigError(f"unknown descriptor '{name}'; choose one of {', '.join(sorted(DESCRIPTORS))}")
+    check_descriptor_name(name)
     return DESCRIPTORS[name](**options)

@@ -73,16 +73,26 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def pick_precision(precision: str, device: str) -> str:
-    """Resolve ``auto`` to the precision used on ``device``."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"unknown precision '{precision}'; choose auto, fp32, bf16 or fp16")
+def pick_precision(precision: str, device: str, int8_ready: bool = False) -> str:
+    """Resolve ``auto`` to the precision used on ``device``.
+
+    ``auto`` is fp16 on CUDA; on the CPU int8 when ``int8_ready`` (the weights have a
+    calibration) and the CPU has VNNI, else bf16 when the CPU has native bf16, else fp32.
+    """
+    from .quantize import cpu_has_vnni
+
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        raise ConfigError(f"unknown precision '{precision}'; choose auto, fp32, bf16, fp16 or int8")
     if precision != "auto":
         if precision == "fp16" and device == "cpu":
-            raise ConfigError("fp16 is only supported on CUDA; use bf16 or fp32 on the CPU")
+            raise ConfigError("fp16 is only supported on CUDA; use int8, bf16 or fp32 on the CPU")
+        if precision == "int8" and device != "cpu":
+            raise ConfigError("int8 runs on the CPU only; use fp16 or bf16 on CUDA")
         return precision
     if device == "cuda":
         return "fp16"
+    if int8_ready and cpu_has_vnni():
+        return "int8"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

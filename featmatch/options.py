@@ -10,12 +10,10 @@ from collections.abc import Callable
 
 import click
 
+from .describe import DEVICES, PRECISIONS
 from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
 from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
 from .match import DEFAULT_RATIO
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def descriptor_names() -> list[str]:
@@ -101,7 +99,8 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="CNN arithmetic: auto = bf16 on CPUs with native bf16, fp16 on CUDA, else fp32.",
+            help="CNN arithmetic: auto = int8 on CPUs with VNNI (calibrated weights), else bf16 on CPUs "
+            "with native bf16, else fp32; fp16 on CUDA.",
         ),
     ]
 

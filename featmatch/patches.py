@@ -7,6 +7,13 @@ a SIFT descriptor. Patches are sampled in one batched warp per pyramid level by 
 ``extract_patches_from_pyramid``, which reads each patch from the pyramid level closest to its
 scale, so that large regions are smoothed before they are shrunk to 32 pixels (no aliasing).
 
+:func:`sample_from_pyramid` applies kornia's rule (the same pyramid by kornia's ``pyrdown``, the
+same level choice, the same sampling positions, border pixels repeated) in fewer passes: one
+``affine_grid`` and one ``grid_sample`` per pyramid level for that level's patches. kornia's
+general version (batches of images, a level atlas, chunking, non-finite LAFs, ``torch.compile``)
+takes about 115 ms for 4,000 patches on our 2-core CPU; this one about 40 ms.
+``tests/test_patches.py`` checks that both give the same patches.
+
 Orientation: OpenCV's ``KeyPoint.angle`` turns the other way from kornia's LAF orientation,
 so the LAF is built with ``-angle`` (tested on rotated copies in ``tests/test_patches.py``).
 """
@@ -15,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from kornia.feature import extract_patches_from_pyramid, laf_from_center_scale_ori
+import torch.nn.functional as F
+from kornia.feature import get_laf_scale, laf_from_center_scale_ori
+from kornia.geometry.transform import pyrdown
 
 from .detect import Keypoints
 
@@ -80,8 +89,62 @@ def extract_patches(
     img = image_tensor(image_u8, device)
     laf = keypoints_to_laf(xy, size, angle, magnification).to(img.device)
     with torch.no_grad():
-        patches = extract_patches_from_pyramid(img, laf, PS=patch_size)
-    return patches[0]
+        return sample_from_pyramid(img, laf[0], patch_size)
+
+
+def pyramid_levels(height: int, width: int, patch_size: int = PATCH_SIZE) -> list[tuple[int, int]]:
+    """Level sizes ``(h, w)``: halved (floor) while the shorter side stays >= ``patch_size``."""
+    sizes = [(height, width)]
+    while True:
+        h, w = sizes[-1]
+        if min(h, w) <= 2 or min(h // 2, w // 2) < patch_size:
+            return sizes
+        sizes.append((h // 2, w // 2))
+
+
+def sample_from_pyramid(img: torch.Tensor, laf: torch.Tensor, patch_size: int = PATCH_SIZE) -> torch.Tensor:
+    """Patches of one image, each read from the pyramid level that matches its scale.
+
+    Args:
+        img: ``(1, 1, H, W)`` float image.
+        laf: ``(N, 2, 3)`` finite LAFs in pixels of ``img``; cell ``(i, j)`` of a patch samples
+            ``c + A (u_j, u_i)`` with ``u_k = (2k + 1) / PS - 1`` (kornia's convention).
+        patch_size: side of the patches.
+
+    Returns:
+        ``(N, 1, PS, PS)`` patches, in ``img``'s dtype and device.
+
+    The level is ``floor(log2(2 s / PS))`` for ``s = sqrt|det A|``, clamped to the levels that
+    exist (:func:`pyramid_levels`). ``pyrdown`` maps pixel ``x`` of level 0 to ``(x + 0.5) w_l / w
+    - 0.5`` of level ``l``, so in ``grid_sample``'s normalized coordinates (``align_corners=False``)
+    one grid addresses the same image positions on every level.
+    """
+    n = laf.shape[0]
+    h, w = img.shape[-2:]
+    out = img.new_zeros((n, 1, patch_size, patch_size))
+    if n == 0:
+        return out
+    sizes = pyramid_levels(h, w, patch_size)
+    laf = laf.to(device=img.device, dtype=torch.float32)
+    scale = get_laf_scale(laf[None])[0].view(n)
+    level = (2.0 * scale / patch_size).log2().clamp(0, len(sizes) - 1).long()
+    # Pixel LAF -> normalized grid_sample frame of level 0: x_n = (2 x + 1) / w - 1.
+    frame = laf.new_tensor([[2.0 / w, 0.0], [0.0, 2.0 / h]])
+    theta = torch.cat(
+        [frame @ laf[:, :, :2], (frame @ laf[:, :, 2:]) + laf.new_tensor([[1.0 / w - 1.0], [1.0 / h - 1.0]])], 2
+    )
+    level_img = img.float()
+    for lvl in range(int(level.max()) + 1):
+        if lvl > 0:
+            level_img = pyrdown(level_img)
+        idx = torch.nonzero(level == lvl).view(-1)
+        if idx.numel() == 0:
+            continue
+        grid = F.affine_grid(theta[idx], [idx.numel(), 1, patch_size, patch_size], align_corners=False)
+        grid = grid.view(1, idx.numel() * patch_size, patch_size, 2)
+        patches = F.grid_sample(level_img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[idx] = patches.view(idx.numel(), 1, patch_size, patch_size).to(out.dtype)
+    return out
 
 
 def patches_for(

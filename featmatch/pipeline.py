@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from .describe import DEFAULT_DESCRIPTOR, build_descriptor, resolve_device
+from .describe import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
 from .errors import ConfigError
 from .geometry import GeometryConfig
@@ -108,6 +109,10 @@ class Matcher:
         precision: CNN precision (see :class:`featmatch.describe.CNNDescriptor`).
         describer: a ready descriptor callable (overrides ``descriptor``'s lookup; tests
             use it to plug in a random-weight CNN).
+        background: build a CNN descriptor (import torch and kornia, load, fold and quantize
+            the weights: about a second on a CPU) in a background thread, so that it overlaps
+            with loading and detecting the first images. Errors of the build (missing
+            weights, no CUDA) are then raised by the first call that describes.
     """
 
     def __init__(
@@ -119,22 +124,46 @@ class Matcher:
         device: str = "auto",
         precision: str = "auto",
         describer=None,
+        background: bool = False,
     ):
         self.descriptor = descriptor
+        self._describer = None
+        self._build: Future | None = None
+        self._device = "cpu"
         if descriptor in ("sift", "rootsift") and describer is None:
             detect = dataclasses.replace(detect, with_sift=True)  # one scale space for both stages
         self.detect_config = detect
         self.match_config = match
         self.geometry_config = geometry
         if describer is not None:
-            self.describer = describer
-            self.device = getattr(describer, "device", "cpu")
+            self._describer = describer
+            self._device = getattr(describer, "device", "cpu")
         elif descriptor in ("sift", "rootsift"):
-            self.describer = build_descriptor(descriptor)
-            self.device = "cpu" if device == "auto" else resolve_device(device)
+            self._describer = build_descriptor(descriptor)
+            self._device = "cpu" if device == "auto" else resolve_device(device)
+        elif background:
+            check_descriptor_name(descriptor)
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmatch-model")
+            self._build = pool.submit(build_descriptor, descriptor, device=device, precision=precision)
+            pool.shutdown(wait=False)
         else:
-            self.describer = build_descriptor(descriptor, device=device, precision=precision)
-            self.device = self.describer.device
+            self._describer = build_descriptor(descriptor, device=device, precision=precision)
+            self._device = self._describer.device
+
+    @property
+    def describer(self):
+        """The descriptor callable (waits for a background build to finish)."""
+        if self._describer is None:
+            self._describer = self._build.result()  # re-raises the build's error
+            self._device = self._describer.device
+        return self._describer
+
+    @property
+    def device(self) -> str:
+        """Where descriptors are computed and matched (``cpu`` or ``cuda``)."""
+        if self._describer is None:
+            self.describer  # noqa: B018 - resolve the background build
+        return self._device
 
     def detect(self, image: ImageLike | Image) -> Keypoints:
         img = image if isinstance(image, Image) else load_image(image)
@@ -180,10 +209,24 @@ class Matcher:
         img2 = image2 if isinstance(image2, Image) else load_image(image2)
         timings["load"] = _ms(t0)
         t0 = time.perf_counter()
-        # OpenCV releases the GIL while detecting: the two images run on two cores.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            k1, k2 = pool.map(lambda im: detect(im.gray, self.detect_config), (img1, img2))
+        if self._describer is None:
+            # The CNN is still being built in the background (importing torch keeps one core
+            # busy, and it is the longer job): detect on the other core, one image after the other.
+            cv_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                k1, k2 = (detect(im.gray, self.detect_config) for im in (img1, img2))
+            finally:
+                cv2.setNumThreads(cv_threads)
+        else:
+            # OpenCV releases the GIL while detecting: the two images run on two cores.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                k1, k2 = pool.map(lambda im: detect(im.gray, self.detect_config), (img1, img2))
         timings["detect"] = _ms(t0)
+        if self._describer is None:  # the CNN is still being built in the background
+            t0 = time.perf_counter()
+            self.describer  # noqa: B018
+            timings["model"] = _ms(t0)
         t0 = time.perf_counter()
         f1 = Features(k1, self.describer(k1), img1.shape)
         f2 = Features(k2, self.describer(k2), img2.shape)
@@ -231,7 +274,7 @@ def estimate_homography(
         ImageReadError: an image cannot be read or used.
         ConfigError, ModelNotFoundError, DeviceError: bad options or a missing model.
     """
-    return Matcher(descriptor, **split_options(options)).match(image1, image2)
+    return Matcher(descriptor, background=True, **split_options(options)).match(image1, image2)
 
 
 def describe(image: ImageLike, descriptor: str = DEFAULT_DESCRIPTOR, **options) -> Features:

@@ -38,7 +38,7 @@ def test_bench_quick_runs_every_part_and_prints_ratios(data_dir):
     text = format_report(result)
     ratio_lines = [line for line in text.splitlines() if line.startswith("ratio: ")]
     assert any("describe" in line for line in ratio_lines)
-    assert sum("pipeline" in line for line in ratio_lines) == 2
+    assert sum("pipeline" in line for line in ratio_lines) == 3  # sift vs opencv, hardnet vs kornia and vs opencv
     assert any("knn" in line for line in ratio_lines)
 
 

@@ -82,3 +82,30 @@ def test_sift_from_detector_pass_equals_separate_compute(gray_photo):
     np.testing.assert_array_equal(kps.xy, both.xy)
     assert kps.sift is None and both.sift.shape == (500, 128)
     np.testing.assert_allclose(SiftDescriptor()(both), SiftDescriptor()(kps), atol=1e-4)
+
+
+def test_background_build_gives_the_same_answer_and_reports_when_it_waited(data_dir):
+    from featmatch.pipeline import Matcher
+
+    pair = (data_dir / "vlfeat-pairs" / "roofs1.jpg", data_dir / "vlfeat-pairs" / "roofs2.jpg")
+    opts = dict(detect=DetectConfig(max_keypoints=500), device="cpu", precision="fp32")
+    eager = Matcher("hardnet", **opts).match(*pair)
+    lazy_matcher = Matcher("hardnet", background=True, **opts)
+    lazy = lazy_matcher.match(*pair)
+    np.testing.assert_array_equal(lazy.matches, eager.matches)
+    np.testing.assert_allclose(lazy.homography, eager.homography)
+    assert "model" in lazy.timings_ms and "model" not in eager.timings_ms
+    assert lazy_matcher.device == "cpu"
+    again = lazy_matcher.match(*pair)  # built once, reused
+    assert "model" not in again.timings_ms
+
+
+def test_background_build_errors_surface_at_first_use(tmp_path, monkeypatch, data_dir):
+    import featmatch
+    from featmatch.pipeline import Matcher
+
+    with pytest.raises(ConfigError, match="unknown descriptor"):  # checked at once, not in the thread
+        Matcher("surf", background=True)
+    monkeypatch.setenv("FEATMATCH_MODELS", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="featmatch train"):
+        featmatch.estimate_homography(data_dir / "vlfeat-pairs" / "roofs1.jpg", data_dir / "vlfeat-pairs" / "roofs2.jpg")

@@ -1,6 +1,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from featmatch.detect import DetectConfig, detect
 from featmatch.patches import PATCH_SIZE, extract_patches, patches_for
@@ -51,3 +52,30 @@ def test_patch_covers_magnification_times_size():
 def test_no_keypoints_gives_empty_patches():
     p = extract_patches(np.zeros((64, 64), np.uint8), np.zeros((0, 2)), np.zeros(0), np.zeros(0))
     assert p.shape == (0, 1, PATCH_SIZE, PATCH_SIZE)
+
+
+def test_our_pyramid_sampler_equals_kornias(data_dir):
+    """sample_from_pyramid is kornia's extract_patches_from_pyramid rule in fewer passes."""
+    from kornia.feature import extract_patches_from_pyramid
+
+    from featmatch.detect import DetectConfig, detect
+    from featmatch.imageio import load_image
+    from featmatch.patches import image_tensor, keypoints_to_laf, pyramid_levels, sample_from_pyramid
+
+    kp = detect(load_image(data_dir / "vlfeat-pairs" / "roofs1.jpg").gray, DetectConfig(max_keypoints=3000))
+    img = image_tensor(kp.det_image)
+    laf = keypoints_to_laf(kp.det_xy, kp.det_size, kp.angle)
+    # include giant and tiny regions and ones hanging over the border (levels clamp, borders repeat)
+    extra = keypoints_to_laf(np.array([[5.0, 5.0], [300.0, 200.0], [0.0, 300.0]]), np.array([400.0, 0.5, 40.0]),
+                             np.array([30.0, 0.0, 200.0]))
+    laf = torch.cat([laf, extra], 1)
+    want = extract_patches_from_pyramid(img, laf, PS=32)[0]
+    got = sample_from_pyramid(img, laf[0], 32)
+    assert got.shape == want.shape == (len(kp) + 3, 1, 32, 32)
+    assert (got - want).abs().max() < 1e-3
+    assert len(pyramid_levels(*img.shape[-2:])) > 3  # the test crosses several levels
+    # an image smaller than a patch has one level
+    assert pyramid_levels(20, 100) == [(20, 100)]
+    tiny = torch.rand(1, 1, 20, 100, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sample_from_pyramid(tiny, laf[0, :50], 32),
+                               extract_patches_from_pyramid(tiny, laf[:, :50], PS=32)[0], atol=1e-3, rtol=0)

@@ -126,7 +126,8 @@ def _hardnet_weights(tmp: Path) -> tuple[object, Path, str]:
     """The HardNet to benchmark: ``models/hardnet.pt`` if present, else a seeded random one.
 
     Returns:
-        ``(model, models_folder, note)``; the folder holds ``hardnet.pt`` for the subprocesses.
+        ``(model, models_folder, note)``; the folder holds ``hardnet.pt`` (and its int8
+        calibration, when it has one) for the subprocesses.
     """
     import torch
 
@@ -165,8 +166,11 @@ def _real_patches(image: Path, n: int):
 # part 1: descriptor throughput
 
 
-def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None]) -> dict:
-    """patches/s of featmatch (precision auto, and fp32) vs kornia HardNet fp32, same weights and patches."""
+def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None], calibration=None) -> dict:
+    """patches/s of featmatch (precision auto, bf16 and fp32) vs kornia HardNet fp32, same weights and patches.
+
+    ``calibration``: the int8 calibration of ``net`` (auto picks int8 with it on VNNI CPUs).
+    """
     import kornia.feature as KF
     import torch
 
@@ -181,8 +185,11 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
     rows = []
     for bs in config.batch_sizes:
         x = patches[:bs]
-        ours_auto = CNNDescriptor("hardnet", device=dev, precision="auto", batch_size=bs, model=net)
+        ours_auto = CNNDescriptor(
+            "hardnet", device=dev, precision="auto", batch_size=bs, model=net, calibration=calibration
+        )
         ours_fp32 = CNNDescriptor("hardnet", device=dev, precision="fp32", batch_size=bs, model=net)
+        ours_bf16 = CNNDescriptor("hardnet", device=dev, precision="bf16", batch_size=bs, model=net)
 
         def kornia_run(x=x):  # like describe_patches: CPU patches in, CPU descriptors out
             with torch.inference_mode():
@@ -192,6 +199,7 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
         t_k = _median_time(kornia_run, config.describe_repeats)
         t_a = _median_time(lambda o=ours_auto, x=x: o.describe_patches(x), config.describe_repeats)
         t_f = _median_time(lambda o=ours_fp32, x=x: o.describe_patches(x), config.describe_repeats)
+        t_b = _median_time(lambda o=ours_bf16, x=x: o.describe_patches(x), config.describe_repeats)
         ref = kornia_run().numpy()
         cos_auto = float(np.min(np.sum(ref * ours_auto.describe_patches(x), axis=1)))
         cos_fp32 = float(np.min(np.sum(ref * ours_fp32.describe_patches(x), axis=1)))
@@ -200,6 +208,7 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
                 "batch": bs,
                 "kornia_fp32_per_s": bs / t_k,
                 "featmatch_fp32_per_s": bs / t_f,
+                "featmatch_bf16_per_s": bs / t_b,
                 "featmatch_auto_per_s": bs / t_a,
                 "featmatch_auto_precision": ours_auto.precision,
                 "ratio_auto_vs_kornia": t_k / t_a,
@@ -407,7 +416,10 @@ def run_bench(config: BenchConfig, parts: tuple[str, ...] = ("describe", "pipeli
         if "describe" in parts or "pipeline" in parts:
             net, models, note = _hardnet_weights(Path(tmp))
         if "describe" in parts:
-            out["describe"] = bench_describe(config, net, note, log)
+            from ..quantize import load_calibration
+
+            calibration = load_calibration("hardnet") if note.startswith("trained") else None
+            out["describe"] = bench_describe(config, net, note, log, calibration)
         if "pipeline" in parts:
             out["pipeline"] = bench_pipeline(config, models, note, log)
         if "knn" in parts:
@@ -442,13 +454,14 @@ def format_report(result: dict) -> str:
         lines += [
             f"### descriptor throughput (patches/s), {d['weights']}; torch threads {d['torch_threads']}",
             "",
-            "| batch | kornia HardNet fp32 | featmatch fp32 | featmatch auto | auto = | featmatch auto / kornia "
-            "| min cos(auto, kornia) |",
-            "|---:|---:|---:|---:|---|---:|---:|",
+            "| batch | kornia HardNet fp32 | featmatch fp32 | featmatch bf16 | featmatch auto | auto = "
+            "| featmatch auto / kornia | min cos(auto, kornia) |",
+            "|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for r in d["rows"]:
             lines.append(
                 f"| {r['batch']} | {_f(r['kornia_fp32_per_s'], 0)} | {_f(r['featmatch_fp32_per_s'], 0)} | "
+                f"{_f(r.get('featmatch_bf16_per_s'), 0)} | "
                 f"{_f(r['featmatch_auto_per_s'], 0)} | {r['featmatch_auto_precision']} | "
                 f"{r['ratio_auto_vs_kornia']:.2f}x | {r['min_cosine_auto_vs_kornia']:.4f} |"
             )
@@ -484,6 +497,11 @@ def format_report(result: dict) -> str:
                 f"{a['wall_s']:.2f} s vs {b['wall_s']:.2f} s), peak memory {a['peak_mb'] / b['peak_mb']:.2f}x "
                 f"({a['peak_mb']:.0f} MB vs {b['peak_mb']:.0f} MB)"
             )
+        a, b = rows["featmatch hardnet"], rows["opencv sift (script)"]
+        ratios.append(
+            f"ratio: pipeline featmatch hardnet vs opencv sift (script): time {a['wall_s'] / b['wall_s']:.2f}x the "
+            f"OpenCV script's ({a['wall_s']:.2f} s vs {b['wall_s']:.2f} s)"
+        )
         lines.append("")
     k = result.get("knn")
     if k:

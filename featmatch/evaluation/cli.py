@@ -38,7 +38,7 @@ def _parse_names(value: str) -> list[str]:
 @click.option("--threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="RANSAC threshold (px).")  # fmt: skip
 @click.option("--max-side", type=click.IntRange(min=64), default=2048, show_default=True, help="Downscale larger images for detection.")  # fmt: skip
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True)
 @click.option("--skip-missing", is_flag=True, help="Report descriptors without weights as skipped instead of failing.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out"), show_default=True, help="Where results.json, results.md and curves.png go.")  # fmt: skip

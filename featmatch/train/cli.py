@@ -131,8 +131,12 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
                f"validation FPR95 {val}; weights {result.weights} (fp16 max |diff| {result.fp16_max_abs_diff})")
 
 
-def _resolve_descriptor(spec: str):  # noqa: ANN202 - returns a callable
-    """``sift``, a model name in models/, or ``label=path.pt`` -> (label, patches -> descriptors)."""
+def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - returns a callable
+    """``sift``, a model name in models/, or ``label=path.pt`` -> (label, patches -> descriptors).
+
+    ``precision`` other than fp32 runs a model name through featmatch's inference path
+    (:class:`featmatch.describe.CNNDescriptor`), as ``match`` does.
+    """
     from .metrics import describe_patches, sift_patch_descriptors
 
     if spec == "sift":
@@ -155,19 +159,27 @@ def _resolve_descriptor(spec: str):  # noqa: ANN202 - returns a callable
         except Exception as exc:  # a foreign file is a user problem
             raise ModelNotFoundError(f"weights {path} cannot be loaded: {exc}") from None
         model.eval()
+    elif precision != "fp32":
+        from ..describe import CNNDescriptor
+
+        describer = CNNDescriptor(spec, device="cpu", precision=precision)
+        return f"{spec}@{describer.precision}", lambda patches: torch.from_numpy(
+            describer.describe_patches(patches.float() / 255.0 if patches.dtype == torch.uint8 else patches)
+        )
     else:
         label, model = spec, load_weights(spec)
     return label, lambda patches: describe_patches(model, patches)
 
 
-def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Path | None) -> None:
+def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Path | None,
+                precision: str = "fp32") -> None:
     import numpy as np
 
     from .datasets import build_test_pairs
     from .metrics import fpr95, patch_map
 
     _setup_logging(None)
-    resolved = [_resolve_descriptor(spec) for spec in specs]  # fail on a bad name before building pairs
+    resolved = [_resolve_descriptor(spec, precision) for spec in specs]  # fail on a bad name before building pairs
     pairs = build_test_pairs(data_root, cache_dir)
     lab = pairs.label.numpy()
     src = pairs.source.numpy()
@@ -223,10 +235,13 @@ Example:
               help="Where the built pairs are cached [default: runs/cache].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
-def eval_patches(descriptors: str, data_root: Path | None, cache_dir: Path | None, json_out: Path | None) -> None:
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32", show_default=True,
+              help="Arithmetic of the named models: fp32 is the reference; the others run match's inference path.")
+def eval_patches(descriptors: str, data_root: Path | None, cache_dir: Path | None, json_out: Path | None,
+                 precision: str) -> None:
     from .datasets import DEFAULT_CACHE_DIR, DEFAULT_DATA_ROOT
 
     specs = [s.strip() for s in descriptors.split(",") if s.strip()]
     if not specs:
         raise ConfigError("--descriptor needs at least one descriptor")
-    _print_eval(specs, data_root or DEFAULT_DATA_ROOT, cache_dir or DEFAULT_CACHE_DIR, json_out)
+    _print_eval(specs, data_root or DEFAULT_DATA_ROOT, cache_dir or DEFAULT_CACHE_DIR, json_out, precision)

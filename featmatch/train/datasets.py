@@ -444,7 +444,7 @@ def photometric(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _downscale(gray: np.ndarray, max_side: int) -> np.ndarray:
+def downscale(gray: np.ndarray, max_side: int) -> np.ndarray:
     h, w = gray.shape
     if max(h, w) <= max_side:
         return gray
@@ -484,7 +484,7 @@ def photo_groups(path: Path, index: int, cfg: WarpConfig) -> tuple[torch.Tensor,
         (index of the reference keypoint). Only keypoints found in at least one warp are kept.
     """
     rng = np.random.default_rng([cfg.seed, index])
-    gray = _downscale(load_image(path).gray, cfg.max_side)
+    gray = downscale(load_image(path).gray, cfg.max_side)
     dcfg = DetectConfig(max_keypoints=cfg.max_keypoints)
     ref = detect(gray, dcfg)
     chunks: list[torch.Tensor] = []
@@ -850,7 +850,7 @@ def build_pairs(
     a_all, b_all, l_all, s_all, names = [], [], [], [], []
     for k, photo in enumerate(photos):
         rng = np.random.default_rng([cfg.seed, k])
-        gray = _downscale(load_image(photo).gray, cfg.warp.max_side)
+        gray = downscale(load_image(photo).gray, cfg.warp.max_side)
         for w in range(cfg.warps_per_photo):
             warped, valid, hm = warp_pair(gray, rng, cfg.warp)
             a, b, lab = image_pair_pairs(
