@@ -50,7 +50,7 @@ SETS = {
 }
 
 
-def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int) -> tuple[int, float, str]:
+def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int, descriptor: str) -> tuple[int, float, str]:
     from featmatch.errors import FeatmatchError
     from featmatch.stitching import stitch
 
@@ -58,13 +58,14 @@ def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int) -> tu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = stitch([str(p) for p in paths], max_keypoints=max_keypoints)
+            r = stitch([str(p) for p in paths], descriptor=descriptor, max_keypoints=max_keypoints)
     except FeatmatchError as exc:
         return 0, time.perf_counter() - t0, f"error: {str(exc)[:60]}"
     dt = time.perf_counter() - t0
     if out is not None:
         cv2.imwrite(str(out), r.panorama)
-    return len(r.placed), dt, r.projection
+    note = r.projection + (" after the oblique-view retry" if "retry" in r.timings_ms else "")
+    return len(r.placed), dt, note
 
 
 def run_opencv(paths: list[Path], mode: int, out: Path | None) -> tuple[int, float, str]:
@@ -88,16 +89,16 @@ def _cell(placed: int, n: int, want: int, dt: float, note: str) -> str:
     return f"{mark} {placed}/{n} in {dt:.1f} s" + (f" ({note})" if note not in ("ok", "") else "")
 
 
-def benchmark(names: list[str], out_dir: Path | None, max_keypoints: int) -> str:
+def benchmark(names: list[str], out_dir: Path | None, max_keypoints: int, descriptor: str) -> str:
     rows = [
-        "| set | images | featmatch stitch (sift) | cv2.Stitcher PANORAMA | cv2.Stitcher SCANS |",
+        f"| set | images | featmatch stitch ({descriptor}) | cv2.Stitcher PANORAMA | cv2.Stitcher SCANS |",
         "|---|---|---|---|---|",
     ]
     for name in names:
         paths, want = SETS[name]
         n = len(paths)
         cells = []
-        fm = run_featmatch(paths, out_dir / f"{name}_featmatch.jpg" if out_dir else None, max_keypoints)
+        fm = run_featmatch(paths, out_dir / f"{name}_featmatch.jpg" if out_dir else None, max_keypoints, descriptor)
         cells.append(_cell(*fm[:1], n, want, fm[1], fm[2]))
         for label, mode in (("panorama", cv2.Stitcher_PANORAMA), ("scans", cv2.Stitcher_SCANS)):
             res = run_opencv(paths, mode, out_dir / f"{name}_opencv_{label}.jpg" if out_dir else None)
@@ -126,7 +127,7 @@ GT_SEQUENCES = {
 }
 
 
-def ground_truth(max_keypoints: int) -> str:
+def ground_truth(max_keypoints: int, descriptor: str) -> str:
     """Stitch images 1..6 of each sequence (planar) and compare img1 -> imgK with the truth."""
     from featmatch.errors import FeatmatchError
     from featmatch.geometry import corners, project
@@ -141,7 +142,9 @@ def ground_truth(max_keypoints: int) -> str:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = stitch([str(p) for p in images], max_keypoints=max_keypoints, projection="planar")
+                r = stitch(
+                    [str(p) for p in images], descriptor=descriptor, max_keypoints=max_keypoints, projection="planar"
+                )
         except FeatmatchError as exc:
             rows.append(f"| {name} | error: {exc} |  |  |  |  |  |  |")
             continue
@@ -165,6 +168,7 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of: {', '.join(SETS)}")
     ap.add_argument("--out", type=Path, help="write every panorama into this folder")
     ap.add_argument("--max-keypoints", type=int, default=4000)
+    ap.add_argument("--descriptor", default=None, help="featmatch's descriptor [default: the stitch default]")
     ap.add_argument("--ground-truth", action="store_true", help="also the corner errors on graf / HPatches")
     ap.add_argument("--only-ground-truth", action="store_true", help="only the corner errors")
     args = ap.parse_args()
@@ -175,15 +179,19 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     cv2.setNumThreads(2)
+    from featmatch.stitching.config import DEFAULT_STITCH_DESCRIPTOR
+
+    descriptor = args.descriptor or DEFAULT_STITCH_DESCRIPTOR
+    print(f"featmatch descriptor: {descriptor}; {args.max_keypoints} keypoints\n")
     if not args.only_ground_truth:
-        print(benchmark(names, args.out, args.max_keypoints))
+        print(benchmark(names, args.out, args.max_keypoints, descriptor))
     if args.ground_truth or args.only_ground_truth:
         print()
         print(
             "Corner error (pixels, mean over img1's 4 corners) of img1 -> imgK from one planar stitch of images 1..6:"
         )
         print()
-        print(ground_truth(args.max_keypoints))
+        print(ground_truth(args.max_keypoints, descriptor))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
-from .options import descriptor_option, pipeline_options
+from .options import descriptor_option, max_tilt_option, pipeline_options
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
 LAZY_COMMANDS = {
@@ -100,6 +100,7 @@ def cli(verbose: int) -> None:
 @click.argument("img2", type=click.Path(dir_okay=True))
 @descriptor_option("hardnet")
 @pipeline_options()
+@max_tilt_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a summary.")
 @click.option(
     "--plot",
@@ -121,6 +122,7 @@ def match_command(
     threshold,
     min_inliers,
     max_side,
+    max_tilt,
     as_json,
     plot,
     warp,
@@ -150,7 +152,7 @@ def match_command(
     load_ms = (time.perf_counter() - t0) * 1000.0
     matcher = Matcher(
         descriptor,
-        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
+        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side, max_tilt=max_tilt),
         match=MatchConfig(ratio=ratio, mutual=mutual),
         geometry=GeometryConfig(method=method, threshold=threshold, min_inliers=min_inliers),
         device=device,

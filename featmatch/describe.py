@@ -69,6 +69,11 @@ class SiftDescriptor:
             return np.zeros((0, 128), np.float32)
         if keypoints.sift is not None:  # computed by the detector in the same pass
             desc = keypoints.sift.copy()
+        elif keypoints.frame is not None:
+            raise ConfigError(
+                "SIFT descriptors of simulated oblique views are computed while detecting: "
+                "detect with DetectConfig(with_sift=True, max_tilt=...)"
+            )
         else:
             _, desc = self._sift.compute(keypoints.det_image, list(keypoints.cv_keypoints))
             if desc is None or desc.shape[0] != len(keypoints):

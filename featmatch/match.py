@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 #: Default Lowe ratio (on distances, not squared distances).
 DEFAULT_RATIO = 0.8
+#: Neighbours searched when the ratio test compares against the nearest *distinct* keypoint.
+DISTINCT_K = 8
 
 
 @dataclass(frozen=True)
@@ -113,21 +115,50 @@ def knn(query: np.ndarray, base: np.ndarray, k: int, device: str = "cpu") -> tup
     return sq, idx
 
 
+def _second_distinct(sq: np.ndarray, idx: np.ndarray, xy2: np.ndarray, radius: float) -> np.ndarray:
+    """Squared distance of the nearest neighbour lying more than ``radius`` from the nearest one.
+
+    When none of the ``k`` found lies that far, the ``k``-th distance stands in (a lower bound of
+    the true one, so the ratio test stays on the strict side).
+    """
+    ok = idx >= 0
+    pos = xy2[np.where(ok, idx, 0)]
+    far = ok & (np.linalg.norm(pos - pos[:, :1], axis=2) > radius)
+    far[:, 0] = False
+    first = np.where(far.any(1), far.argmax(1), sq.shape[1] - 1)
+    return sq[np.arange(len(sq)), first]
+
+
 def match_descriptors(
-    desc1: np.ndarray, desc2: np.ndarray, config: MatchConfig = MatchConfig(), device: str = "cpu"
+    desc1: np.ndarray,
+    desc2: np.ndarray,
+    config: MatchConfig = MatchConfig(),
+    device: str = "cpu",
+    xy2: np.ndarray | None = None,
+    distinct_radius: float = 4.0,
 ) -> Matches:
     """Match ``desc1 (N1, D)`` against ``desc2 (N2, D)``.
 
     A query whose second neighbour does not exist (``N2 == 1``) passes the ratio test.
     Empty inputs give empty matches.
+
+    With ``xy2`` (``(N2, 2)`` positions of set 2), the ratio test compares the nearest neighbour
+    with the nearest one more than ``distinct_radius`` pixels away from it: set 2 then may hold
+    several keypoints of one image point (simulated oblique views, or SIFT's extra orientations)
+    without those copies failing each other's ratio test.
     """
     if desc1.ndim != 2 or desc2.ndim != 2 or (desc1.shape[1] != desc2.shape[1] and min(len(desc1), len(desc2)) > 0):
         raise ConfigError(f"descriptor arrays must be (N, D) with the same D, got {desc1.shape} and {desc2.shape}")
     if len(desc1) == 0 or len(desc2) == 0:
         return _empty()
-    sq, idx = knn(desc1, desc2, 2, device)
-    keep = sq[:, 0] < (config.ratio**2) * sq[:, 1] if config.ratio < 1.0 else np.ones(len(desc1), bool)
-    keep |= idx[:, 1] < 0  # no second neighbour to compare against
+    if xy2 is None:
+        sq, idx = knn(desc1, desc2, 2, device)
+        second = sq[:, 1]
+    else:
+        sq, idx = knn(desc1, desc2, DISTINCT_K, device)
+        second = _second_distinct(sq, idx, np.asarray(xy2, np.float32), distinct_radius)
+    keep = sq[:, 0] < (config.ratio**2) * second if config.ratio < 1.0 else np.ones(len(desc1), bool)
+    keep |= ~np.isfinite(second)  # no second neighbour to compare against
     if config.mutual:
         _, back = knn(desc2, desc1, 1, device)
         keep &= back[idx[:, 0], 0] == np.arange(len(desc1))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 
 from .describe import DEVICES, PRECISIONS
-from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE
+from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, MAX_TILT_LIMIT
 from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
 from .match import DEFAULT_RATIO
 
@@ -30,6 +30,22 @@ def descriptor_option(default: str) -> Callable:
         default=default,
         show_default=True,
         help="sift/rootsift: OpenCV baseline; hardnet/exptloss: featmatch's trained CNNs (models/).",
+    )
+
+
+def max_tilt_option(
+    name: str = "--max-tilt",
+    default: float = 1.0,
+    help: str = "Also detect in simulated oblique views up to this tilt (ASIFT), for pairs seen from very "
+    "different angles: 1 = off, 2 = up to 60 degrees (9 more views), 4 = up to 75 degrees (27 more "
+    "views); each view adds up to --max-keypoints keypoints, so time grows with the views.",
+) -> Callable:
+    return click.option(
+        name,
+        type=click.FloatRange(1.0, MAX_TILT_LIMIT),
+        default=default,
+        show_default=True,
+        help=help,
     )
 
 

@@ -45,6 +45,7 @@ def keypoints_to_laf(
     size: np.ndarray | torch.Tensor,
     angle: np.ndarray | torch.Tensor,
     magnification: float = MAGNIFICATION,
+    frame: np.ndarray | None = None,
 ) -> torch.Tensor:
     """OpenCV keypoint attributes (one image) -> kornia LAFs ``(1, N, 2, 3)``.
 
@@ -53,13 +54,20 @@ def keypoints_to_laf(
         size: ``(N,)`` OpenCV ``KeyPoint.size``.
         angle: ``(N,)`` OpenCV ``KeyPoint.angle`` in degrees.
         magnification: patch side in units of ``size``.
+        frame: ``(N, 2, 2)`` affine frames of keypoints found in simulated oblique views
+            (:attr:`featmatch.detect.Keypoints.frame`); the region is the frame applied to the
+            view's square.
     """
     xy_t = torch.as_tensor(np.asarray(xy, dtype=np.float32)).reshape(1, -1, 2)
     n = xy_t.shape[1]
     # A LAF covers c + A [-1, 1]^2, so its scale is half the patch side.
     half_side = torch.as_tensor(np.asarray(size, dtype=np.float32)).reshape(1, n, 1, 1) * (magnification / 2.0)
     ori = -torch.as_tensor(np.asarray(angle, dtype=np.float32)).reshape(1, n, 1)
-    return laf_from_center_scale_ori(xy_t, half_side, ori)
+    laf = laf_from_center_scale_ori(xy_t, half_side, ori)
+    if frame is not None:
+        f = torch.as_tensor(np.asarray(frame, dtype=np.float32)).reshape(1, n, 2, 2)
+        laf = torch.cat([f @ laf[..., :2], laf[..., 2:]], dim=-1)
+    return laf
 
 
 def extract_patches(
@@ -70,6 +78,7 @@ def extract_patches(
     magnification: float = MAGNIFICATION,
     patch_size: int = PATCH_SIZE,
     device: torch.device | str = "cpu",
+    frame: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Cut normalized patches out of one image.
 
@@ -79,6 +88,7 @@ def extract_patches(
         magnification: patch side in units of ``size``.
         patch_size: output side in pixels.
         device: where the warp runs and the patches live.
+        frame: optional ``(N, 2, 2)`` affine frames (see :func:`keypoints_to_laf`).
 
     Returns:
         ``(N, 1, patch_size, patch_size)`` float32 patches in [0, 1]; ``N = 0`` gives an empty tensor.
@@ -87,7 +97,7 @@ def extract_patches(
     if n == 0:
         return torch.zeros((0, 1, patch_size, patch_size), dtype=torch.float32, device=device)
     img = image_tensor(image_u8, device)
-    laf = keypoints_to_laf(xy, size, angle, magnification).to(img.device)
+    laf = keypoints_to_laf(xy, size, angle, magnification, frame).to(img.device)
     with torch.no_grad():
         return sample_from_pyramid(img, laf[0], patch_size)
 
@@ -152,5 +162,11 @@ def patches_for(
 ) -> torch.Tensor:
     """Patches for detected :class:`Keypoints`, sampled from their detection image."""
     return extract_patches(
-        keypoints.det_image, keypoints.det_xy, keypoints.det_size, keypoints.angle, magnification, device=device
+        keypoints.det_image,
+        keypoints.det_xy,
+        keypoints.det_size,
+        keypoints.angle,
+        magnification,
+        device=device,
+        frame=keypoints.frame,
     )

@@ -93,6 +93,10 @@ class MatchResult:
         }
 
 
+#: Keypoints of simulated views closer than this (detection pixels) count as one image point.
+DISTINCT_RADIUS_PX = 4.0
+
+
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
@@ -179,7 +183,16 @@ class Matcher:
         """Match two already described images and estimate the homography."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        m = match_descriptors(f1.descriptors, f2.descriptors, self.match_config, self.device)
+        # Keypoints of simulated views repeat image points: the ratio test then looks past copies.
+        distinct = f2.keypoints.frame is not None
+        m = match_descriptors(
+            f1.descriptors,
+            f2.descriptors,
+            self.match_config,
+            self.device,
+            xy2=f2.xy if distinct else None,
+            distinct_radius=DISTINCT_RADIUS_PX * f2.keypoints.scale,
+        )
         timings["match"] = _ms(t0)
         t0 = time.perf_counter()
         est = fit_homography(f1.xy[m.pairs[:, 0]], f2.xy[m.pairs[:, 1]], f1.image_shape, self.geometry_config)

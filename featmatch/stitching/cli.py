@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
-from ..options import descriptor_option, pipeline_options
+from ..options import descriptor_option, max_tilt_option, pipeline_options
 from .config import (
     BLENDS,
     DEFAULT_BLEND,
     DEFAULT_MAX_MEGAPIXELS,
     DEFAULT_PAIRS_PER_IMAGE,
     DEFAULT_PROJECTION,
+    DEFAULT_RETRY_TILT,
     DEFAULT_STITCH_DESCRIPTOR,
     PROJECTIONS,
     StitchWarning,
@@ -64,6 +65,12 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="Above 8 images, match each image with its K best candidates from a FAISS vote.",
 )
+@max_tilt_option(
+    "--retry-tilt",
+    default=DEFAULT_RETRY_TILT,
+    help="Images that overlap nothing are described again with simulated oblique views up to this tilt "
+    "(ASIFT; 4 = up to 75 degrees of viewpoint change) and matched again; 1 = never.",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object (homographies, placed/dropped, pair graph)."
 )
@@ -89,6 +96,7 @@ def stitch_command(
     focal,
     max_megapixels,
     pairs_per_image,
+    retry_tilt,
     as_json,
     plot,
     progress,
@@ -133,6 +141,7 @@ def stitch_command(
         max_megapixels=max_megapixels,
         pairs_per_image=pairs_per_image,
         min_inliers=min_inliers,
+        retry_tilt=retry_tilt,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StitchWarning)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..detect import MAX_TILT_LIMIT
 from ..errors import EXIT_NO_HOMOGRAPHY, ConfigError, FeatmatchError
 
-#: Descriptor used by ``featmatch stitch`` and :func:`featmatch.stitch` when none is given.
-#: SIFT until trained weights ship in ``models/`` (the core default, hardnet, needs them).
-DEFAULT_STITCH_DESCRIPTOR = "sift"
+#: Descriptor used by ``featmatch stitch`` and :func:`featmatch.stitch` when none is given:
+#: the core default (``python benchmarks/stitch_vs_opencv.py`` compares it with sift).
+DEFAULT_STITCH_DESCRIPTOR = "hardnet"
 #: ``auto`` picks planar for narrow sets and scans, cylindrical for wide rotating-camera sets.
 PROJECTIONS = ("auto", "planar", "cylindrical", "spherical")
 DEFAULT_PROJECTION = "auto"
@@ -24,6 +25,8 @@ DEFAULT_MAX_MEGAPIXELS = 50.0
 DEFAULT_EXHAUSTIVE_MAX = 8
 #: Candidate partners kept per image by the FAISS vote.
 DEFAULT_PAIRS_PER_IMAGE = 4
+#: Unconnected images are retried with simulated oblique views up to this tilt (1: never).
+DEFAULT_RETRY_TILT = 4.0
 
 
 class StitchError(FeatmatchError):
@@ -63,6 +66,11 @@ class StitchConfig:
             ``inliers > alpha + beta * matches_in_overlap``.
         max_points_per_pair: inliers per pair used by the refinement (evenly subsampled).
         vote_descriptors: descriptors per image that take part in the FAISS vote.
+        retry_tilt: images left out of the main group after matching are described again with
+            simulated oblique views up to this tilt (ASIFT, see :mod:`featmatch.detect`),
+            together with their candidate partners, and those pairs are matched again; this
+            finds overlaps seen from very different angles (aerial obliques). 1 disables it.
+        retry_keypoints: keypoints kept per simulated view in that retry.
     """
 
     projection: str = DEFAULT_PROJECTION
@@ -80,8 +88,14 @@ class StitchConfig:
     inlier_beta: float = 0.3
     max_points_per_pair: int = 1000
     vote_descriptors: int = 500
+    retry_tilt: float = DEFAULT_RETRY_TILT
+    retry_keypoints: int = 1000
 
     def __post_init__(self) -> None:
+        if not 1.0 <= self.retry_tilt <= MAX_TILT_LIMIT:
+            raise ConfigError(f"retry_tilt must be between 1 (off) and {MAX_TILT_LIMIT:g}, got {self.retry_tilt}")
+        if self.retry_keypoints < 1:
+            raise ConfigError(f"retry_keypoints must be at least 1, got {self.retry_keypoints}")
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"unknown projection '{self.projection}'; choose one of {', '.join(PROJECTIONS)}")
         if self.blend not in BLENDS:

@@ -242,6 +242,10 @@ def stitch(
     verified, edges = _verify_pairs(matcher, feats, candidates, shapes, cfg, progress)
     timings["matching"] = _ms(t0)
     logger.info("%d of %d candidate pairs verified", len(verified), len(candidates))
+    if cfg.retry_tilt > 1.0:
+        t0 = time.perf_counter()
+        if _retry_with_views(matcher, loaded, candidates, verified, edges, shapes, cfg, progress):
+            timings["retry"] = _ms(t0)
 
     if not verified:
         tried = sorted(edges.values(), key=lambda e: -e.inliers)
@@ -414,6 +418,50 @@ def _verify_pairs(
         verified[(i, j)] = graph.PairMatch(i, j, r.homography, pts_i[r.inliers], pts_j[r.inliers], nm, ni)
         edges[(i, j)] = PairEdge(i, j, nm, ni, True)
     return verified, edges
+
+
+def _retry_with_views(
+    matcher: Matcher,
+    loaded: list[Image],
+    candidates: list[tuple[int, int]],
+    verified: dict,
+    edges: dict,
+    shapes: dict[int, tuple[int, int]],
+    cfg: StitchConfig,
+    progress: bool | None,
+) -> bool:
+    """Match the pairs of images outside the main group again, with simulated oblique views.
+
+    Updates ``verified`` and ``edges`` in place; returns whether anything was retried.
+    """
+    n = len(loaded)
+    comps = graph.components(list(range(n)), list(verified))
+    lonely = set(range(n)) if not verified else {v for c in comps[1:] for v in c}
+    pairs = [(i, j) for i, j in candidates if (i in lonely or j in lonely) and (i, j) not in verified]
+    if not pairs:
+        return False
+    involved = sorted({v for p in pairs for v in p})
+    logger.info(
+        "retrying %d pairs of %d unconnected images with oblique views up to tilt %g",
+        len(pairs),
+        len(lonely),
+        cfg.retry_tilt,
+    )
+    views = Matcher(
+        matcher.descriptor,
+        detect=replace(matcher.detect_config, max_tilt=cfg.retry_tilt, view_keypoints=cfg.retry_keypoints),
+        match=matcher.match_config,
+        geometry=matcher.geometry_config,
+        describer=matcher.describer,
+    )
+    feats = {v: views.features(loaded[v]) for v in _progress(involved, len(involved), "oblique views", progress)}
+    dense = [feats.get(v) for v in range(n)]
+    again, again_edges = _verify_pairs(views, dense, pairs, shapes, cfg, progress)
+    verified.update(again)
+    for key, edge in again_edges.items():
+        if edge.verified or not edges[key].verified:
+            edges[key] = edge
+    return True
 
 
 def _unit(H: np.ndarray) -> np.ndarray:
