@@ -2,6 +2,7 @@
 
     python examples/stitch_panorama.py --set weir -o weir.jpg
     python examples/stitch_panorama.py --set parrington -o parrington.jpg --crop
+    python examples/stitch_panorama.py --set aero -o aero.jpg
     python examples/stitch_panorama.py my_photos/ -o pano.jpg --projection cylindrical
     python examples/stitch_panorama.py --list
 
@@ -34,6 +35,8 @@ SETS = {
     "xue-mountain": [PAN / "Xue-Mountain-Enterance"],
     "roofs": [DATA / "vlfeat-pairs" / "roofs1.jpg", DATA / "vlfeat-pairs" / "roofs2.jpg"],
     "river": [DATA / "vlfeat-pairs" / "river1.jpg", DATA / "vlfeat-pairs" / "river2.jpg"],
+    # a strong aerial oblique: placed after the retry with simulated oblique views
+    "aero": [DATA / "opencv-samples" / "aero1.jpg", DATA / "opencv-samples" / "aero3.jpg"],
 }
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm")
 
@@ -60,7 +63,7 @@ def main() -> int:
     ap.add_argument("--set", choices=sorted(SETS), help="one of the shared data's photo sets")
     ap.add_argument("--list", action="store_true", help="list the named sets and exit")
     ap.add_argument("-o", "--output", type=Path, default=Path("panorama.jpg"))
-    ap.add_argument("--descriptor", default="sift", choices=sorted(featmatch.DESCRIPTORS))
+    ap.add_argument("--descriptor", default="hardnet", choices=sorted(featmatch.DESCRIPTORS))
     ap.add_argument("--max-keypoints", type=int, default=4000)
     ap.add_argument("--max-images", type=int, help="use only the first N images (quick runs)")
     ap.add_argument("--projection", default="auto", choices=PROJECTIONS)

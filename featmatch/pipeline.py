@@ -17,7 +17,7 @@ import numpy as np
 from .describe import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
 from .errors import ConfigError
-from .geometry import GeometryConfig
+from .geometry import GeometryConfig, for_simulated_views
 from .geometry import estimate_homography as fit_homography
 from .imageio import Image, ImageLike, load_image
 from .match import MatchConfig, match_descriptors
@@ -183,8 +183,9 @@ class Matcher:
         """Match two already described images and estimate the homography."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        # Keypoints of simulated views repeat image points: the ratio test then looks past copies.
-        distinct = f2.keypoints.frame is not None
+        # Keypoints of simulated views repeat image points: the ratio test then looks past copies,
+        # and the inlier checks count each pair of positions once.
+        distinct = f1.keypoints.frame is not None or f2.keypoints.frame is not None
         m = match_descriptors(
             f1.descriptors,
             f2.descriptors,
@@ -195,7 +196,13 @@ class Matcher:
         )
         timings["match"] = _ms(t0)
         t0 = time.perf_counter()
-        est = fit_homography(f1.xy[m.pairs[:, 0]], f2.xy[m.pairs[:, 1]], f1.image_shape, self.geometry_config)
+        est = fit_homography(
+            f1.xy[m.pairs[:, 0]],
+            f2.xy[m.pairs[:, 1]],
+            f1.image_shape,
+            for_simulated_views(self.geometry_config) if distinct else self.geometry_config,
+            distinct_px=DISTINCT_RADIUS_PX * max(f1.keypoints.scale, f2.keypoints.scale) if distinct else 0.0,
+        )
         timings["geometry"] = _ms(t0)
         reason = est.reason
         if min(len(f1), len(f2)) == 0:

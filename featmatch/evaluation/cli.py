@@ -13,6 +13,7 @@ import click
 
 from ..errors import ConfigError
 from ..geometry import DEFAULT_THRESHOLD
+from ..options import max_tilt_option
 
 DESCRIPTOR_HELP = "Comma-separated descriptors to compare (sift, rootsift, hardnet, exptloss)."
 
@@ -37,8 +38,11 @@ def _parse_names(value: str) -> list[str]:
 @click.option("--method", type=click.Choice(["magsac", "accurate", "default", "fast", "prosac", "ransac"]), default="magsac", show_default=True)  # fmt: skip
 @click.option("--threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="RANSAC threshold (px).")  # fmt: skip
 @click.option("--max-side", type=click.IntRange(min=64), default=2048, show_default=True, help="Downscale larger images for detection.")  # fmt: skip
+@max_tilt_option()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True)
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True
+)
 @click.option("--skip-missing", is_flag=True, help="Report descriptors without weights as skipped instead of failing.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out"), show_default=True, help="Where results.json, results.md and curves.png go.")  # fmt: skip
@@ -53,6 +57,7 @@ def eval_command(
     method,
     threshold,
     max_side,
+    max_tilt,
     device,
     precision,
     skip_missing,
@@ -81,7 +86,8 @@ def eval_command(
 
     names = _parse_names(descriptor)
     config = EvalConfig(
-        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
+        # SIFT descriptors of simulated views are computed while detecting
+        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side, max_tilt=max_tilt, with_sift=max_tilt > 1),
         match=MatchConfig(ratio=ratio),
         geometry=GeometryConfig(method=method, threshold=threshold),
     )
