@@ -180,7 +180,7 @@ def stitch(
 
     Args:
         images: paths, numpy arrays (gray/BGR/BGRA) or loaded :class:`~featmatch.imageio.Image`.
-        descriptor: ``sift`` (default for stitching), ``rootsift``, ``hardnet`` or ``exptloss``.
+        descriptor: ``hardnet`` (the default), ``exptloss``, ``sift`` or ``rootsift``.
         config: stitching options; keyword ``options`` that name a :class:`StitchConfig` field
             override it (``projection="cylindrical"``, ``blend="feather"``, ``crop=True``, ...).
         matcher: a ready :class:`~featmatch.Matcher` (then ``descriptor`` and the matcher
