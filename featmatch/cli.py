@@ -201,9 +201,10 @@ def _print_summary(img1: str, img2: str, result) -> None:
         for row in result.homography:
             click.echo("  [" + "  ".join(f"{v: .6g}" for v in row) + "]")
     t = result.timings_ms
+    waited = f"waiting for the model {t['model']:.0f}, " if "model" in t else ""
     click.echo(
-        f"time {t.get('total', 0):.0f} ms (detect {t.get('detect', 0):.0f}, describe {t.get('describe', 0):.0f}, "
-        f"match {t.get('match', 0):.0f}, geometry {t.get('geometry', 0):.0f})"
+        f"time {t.get('total', 0):.0f} ms (detect {t.get('detect', 0):.0f}, {waited}describe "
+        f"{t.get('describe', 0):.0f}, match {t.get('match', 0):.0f}, geometry {t.get('geometry', 0):.0f})"
     )
 
 
