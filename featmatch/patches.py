@@ -9,9 +9,10 @@ scale, so that large regions are smoothed before they are shrunk to 32 pixels (n
 
 :func:`sample_from_pyramid` applies kornia's rule (the same pyramid by kornia's ``pyrdown``, the
 same level choice, the same sampling positions, border pixels repeated) in fewer passes: one
-``affine_grid`` and one ``grid_sample`` per pyramid level for that level's patches. kornia's
+sampling grid (a single matrix product) and one ``grid_sample`` per pyramid level for that
+level's patches. kornia's
 general version (batches of images, a level atlas, chunking, non-finite LAFs, ``torch.compile``)
-takes about 115 ms for 4,000 patches on our 2-core CPU; this one about 40 ms.
+takes about 100 ms for 4,000 patches on our 2-core CPU; this one about 40 ms.
 ``tests/test_patches.py`` checks that both give the same patches.
 
 Orientation: OpenCV's ``KeyPoint.angle`` turns the other way from kornia's LAF orientation,
@@ -143,6 +144,10 @@ def sample_from_pyramid(img: torch.Tensor, laf: torch.Tensor, patch_size: int = 
     theta = torch.cat(
         [frame @ laf[:, :, :2], (frame @ laf[:, :, 2:]) + laf.new_tensor([[1.0 / w - 1.0], [1.0 / h - 1.0]])], 2
     )
+    # cell centres u_k = (2k + 1) / PS - 1 as homogeneous (x, y, 1) rows, row-major over the patch
+    u = (torch.arange(patch_size, dtype=torch.float32, device=img.device) * 2.0 + 1.0) / patch_size - 1.0
+    gy, gx = torch.meshgrid(u, u, indexing="ij")
+    cells = torch.stack([gx.flatten(), gy.flatten(), torch.ones_like(gx).flatten()], 1)
     level_img = img.float()
     for lvl in range(int(level.max()) + 1):
         if lvl > 0:
@@ -150,8 +155,8 @@ def sample_from_pyramid(img: torch.Tensor, laf: torch.Tensor, patch_size: int = 
         idx = torch.nonzero(level == lvl).view(-1)
         if idx.numel() == 0:
             continue
-        grid = F.affine_grid(theta[idx], [idx.numel(), 1, patch_size, patch_size], align_corners=False)
-        grid = grid.view(1, idx.numel() * patch_size, patch_size, 2)
+        # F.affine_grid's grid as one contiguous product (several times faster on the CPU)
+        grid = torch.einsum("pk,nck->npc", cells, theta[idx]).reshape(1, idx.numel() * patch_size, patch_size, 2)
         patches = F.grid_sample(level_img, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out[idx] = patches.view(idx.numel(), 1, patch_size, patch_size).to(out.dtype)
     return out
