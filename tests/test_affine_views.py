@@ -167,3 +167,24 @@ def test_stricter_checks_with_views_reject_a_small_or_weak_consensus():
     assert estimate_homography(spread, spread @ H[:2, :2].T + H[:2, 2], (600, 600), cfg).H is not None
     with pytest.raises(ConfigError):
         GeometryConfig(min_support=1.5)
+
+
+def test_cli_max_tilt_and_retry_tilt(aero, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from featmatch.cli import cli
+
+    a, b = (str(p) for p in aero)
+    plain = CliRunner().invoke(cli, ["match", a, b, "-d", "rootsift", "--json"])
+    assert plain.exit_code == 3 and json.loads(plain.stdout)["homography"] is None
+    tilted = CliRunner().invoke(cli, ["match", a, b, "-d", "rootsift", "--max-tilt", "4", "--json"])
+    assert tilted.exit_code == 0, tilted.output
+    assert json.loads(tilted.stdout)["keypoints"][0] > 20000  # the image's keypoints plus 27 views'
+    bad = CliRunner().invoke(cli, ["match", a, b, "--max-tilt", "0.5"])
+    assert bad.exit_code == 2 and "max-tilt" in bad.output
+    off = CliRunner().invoke(
+        cli, ["stitch", a, b, "-d", "rootsift", "--retry-tilt", "1", "-o", str(tmp_path / "p.jpg")]
+    )
+    assert off.exit_code == 3 and "no pair" in off.output
