@@ -12,6 +12,7 @@ and ``featmatch match --descriptor sift`` never import torch.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -144,52 +145,64 @@ def match_command(
     from .pipeline import Matcher
 
     # One pair in a short-lived process: the cyclic garbage collector only costs time here
-    # (about 0.1 s while torch is imported); reference counting still frees every array.
-    gc.disable()
-    t0 = time.perf_counter()
-    with native_stderr_silenced():
-        image1, image2 = load_image(img1), load_image(img2)
-    load_ms = (time.perf_counter() - t0) * 1000.0
-    matcher = Matcher(
-        descriptor,
-        detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side, max_tilt=max_tilt),
-        match=MatchConfig(ratio=ratio, mutual=mutual),
-        geometry=GeometryConfig(method=method, threshold=threshold, min_inliers=min_inliers),
-        device=device,
-        precision=precision,
-        background=True,  # torch, kornia and the CNN load while the images are detected
-    )
-    result = matcher.match(image1, image2)
-    result.timings_ms["load"] = load_ms
-    result.timings_ms["total"] += load_ms
-
-    if plot:
-        from .plot import draw_matches, write_image
-
-        write_image(
-            plot,
-            draw_matches(
-                image1.color, image2.color, result.keypoints1, result.keypoints2, result.matches, result.inliers
-            ),
+    # (while torch is imported); reference counting still frees every array. It is switched
+    # back on afterwards, for callers that run the command in-process (tests, scripts).
+    with _cyclic_gc_paused():
+        t0 = time.perf_counter()
+        with native_stderr_silenced():
+            image1, image2 = load_image(img1), load_image(img2)
+        load_ms = (time.perf_counter() - t0) * 1000.0
+        matcher = Matcher(
+            descriptor,
+            detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side, max_tilt=max_tilt),
+            match=MatchConfig(ratio=ratio, mutual=mutual),
+            geometry=GeometryConfig(method=method, threshold=threshold, min_inliers=min_inliers),
+            device=device,
+            precision=precision,
+            background=True,  # torch, kornia and the CNN load while the images are detected
         )
-    if warp:
-        from .plot import warp_overlay, write_image
+        result = matcher.match(image1, image2)
+        result.timings_ms["load"] = load_ms
+        result.timings_ms["total"] += load_ms
 
-        if result.ok:
-            write_image(warp, warp_overlay(image1.color, image2.color, result.homography))
+        if plot:
+            from .plot import draw_matches, write_image
+
+            write_image(
+                plot,
+                draw_matches(
+                    image1.color, image2.color, result.keypoints1, result.keypoints2, result.matches, result.inliers
+                ),
+            )
+        if warp:
+            from .plot import warp_overlay, write_image
+
+            if result.ok:
+                write_image(warp, warp_overlay(image1.color, image2.color, result.homography))
+            else:
+                click.echo(f"featmatch: not writing {warp}: there is no homography to warp with", err=True)
+
+        if as_json:
+            click.echo(json.dumps(result.to_json()))
         else:
-            click.echo(f"featmatch: not writing {warp}: there is no homography to warp with", err=True)
+            _print_summary(img1, img2, result)
+        if profile:
+            t = result.timings_ms
+            click.echo("profile (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()), err=True)
+        if not result.ok:
+            click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
+            sys.exit(EXIT_NO_HOMOGRAPHY)
 
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        _print_summary(img1, img2, result)
-    if profile:
-        t = result.timings_ms
-        click.echo("profile (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()), err=True)
-    if not result.ok:
-        click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
-        sys.exit(EXIT_NO_HOMOGRAPHY)
+
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _print_summary(img1: str, img2: str, result) -> None:

@@ -34,6 +34,15 @@ def test_json_schema_and_success_exit_code():
     assert len(out["keypoints"]) == 2 and all(k > 500 for k in out["keypoints"])
 
 
+def test_match_pauses_the_cyclic_gc_only_while_it_runs():
+    import gc
+
+    assert gc.isenabled()
+    assert run(["match", *PAIR, "--descriptor", "sift", "--json"]).exit_code == 0
+    assert run(["match", *PAIR, "--descriptor", "sift", "--json", "--min-inliers", "100000"]).exit_code == 3
+    assert gc.isenabled()  # switched back on after success and after exit code 3
+
+
 def test_plot_and_warp_are_written(tmp_path):
     r = run(["match", *PAIR, "-d", "sift", "--plot", str(tmp_path / "m.png"), "--warp", str(tmp_path / "w.jpg")])
     assert r.exit_code == 0, r.output
