@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -487,12 +487,33 @@ def photo_groups(path: Path, index: int, cfg: WarpConfig) -> tuple[torch.Tensor,
     gray = downscale(load_image(path).gray, cfg.max_side)
     dcfg = DetectConfig(max_keypoints=cfg.max_keypoints)
     ref = detect(gray, dcfg)
+
+    def warps():
+        for _ in range(cfg.warps_per_image):
+            warped, valid, hm = warp_pair(gray, rng, cfg)
+            yield detect(warped, dcfg), hm, valid
+
+    return _reference_groups(ref, warps(), cfg)
+
+
+def _reference_groups(
+    ref: Keypoints, views: Iterable[tuple[Keypoints, np.ndarray, np.ndarray | None]], cfg: WarpConfig
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Patches of the reference keypoints found again in other views, grouped by reference index.
+
+    Args:
+        ref: keypoints of the reference image.
+        views: ``(keypoints, H from the reference, valid mask or None)`` of each other view.
+        cfg: pairing options.
+
+    Returns:
+        ``(patches, ids)``: uint8 ``(N, 1, 32, 32)`` patches (the reference's first) and their
+        reference keypoint indices; only reference keypoints found in some view are kept.
+    """
     chunks: list[torch.Tensor] = []
     ids: list[np.ndarray] = []
     seen = np.zeros(len(ref), dtype=bool)
-    for _ in range(cfg.warps_per_image):
-        warped, valid, hm = warp_pair(gray, rng, cfg)
-        kp = detect(warped, dcfg)
+    for kp, hm, valid in views:
         ia, ib = match_by_homography(ref, kp, hm, cfg, valid_b=valid)
         if len(ia) == 0:
             continue
@@ -600,26 +621,9 @@ def sequence_groups(
     """
     dcfg = DetectConfig(max_keypoints=cfg.max_keypoints)
     ref = detect(load_image(ref_path).gray, dcfg)
-    chunks: list[torch.Tensor] = []
-    ids: list[np.ndarray] = []
-    seen = np.zeros(len(ref), dtype=bool)
-    for path, hm in others:
-        kp = detect(load_image(path).gray, dcfg)
-        ia, ib = match_by_homography(ref, kp, hm, cfg)
-        if len(ia) == 0:
-            continue
-        chunks.append(_patches(kp, ib))
-        ids.append(ia)
-        seen[ia] = True
-    ref_idx = np.flatnonzero(seen)
-    if len(ref_idx):
-        chunks.insert(0, _patches(ref, ref_idx))
-        ids.insert(0, ref_idx)
-    if not chunks:
-        return PatchDataset(
-            torch.zeros((0, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-        )
-    return PatchDataset(torch.cat(chunks), torch.from_numpy(np.concatenate(ids) + id_offset))
+    views = ((detect(load_image(path).gray, dcfg), hm, None) for path, hm in others)
+    patches, ids = _reference_groups(ref, views, cfg)
+    return PatchDataset(patches, torch.from_numpy(ids + id_offset))
 
 
 def _sequence_dataset(root: Path, cfg: WarpConfig, h_glob: str, read_pairs, layout: str) -> PatchDataset:
