@@ -17,10 +17,10 @@ import numpy as np
 from .describe import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
 from .errors import ConfigError
-from .geometry import GeometryConfig, for_simulated_views
+from .geometry import GeometryConfig, HomographyEstimate, for_simulated_views
 from .geometry import estimate_homography as fit_homography
 from .imageio import Image, ImageLike, load_image
-from .match import MatchConfig, match_descriptors
+from .match import MatchConfig, Matches, match_descriptors
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,41 @@ class MatchResult:
 
 #: Keypoints of simulated views closer than this (detection pixels) count as one image point.
 DISTINCT_RADIUS_PX = 4.0
+
+
+def _has_views(kps1: Keypoints, kps2: Keypoints) -> bool:
+    return kps1.frame is not None or kps2.frame is not None
+
+
+def match_keypoints(
+    kps1: Keypoints, desc1: np.ndarray, kps2: Keypoints, desc2: np.ndarray, config: MatchConfig, device: str = "cpu"
+) -> Matches:
+    """Stage 4 for two described images; with simulated views the ratio test looks past copies
+    of one image point (:func:`featmatch.match.match_descriptors`'s ``xy2``)."""
+    views = _has_views(kps1, kps2)
+    return match_descriptors(
+        desc1,
+        desc2,
+        config,
+        device,
+        xy2=kps2.xy if views else None,
+        distinct_radius=DISTINCT_RADIUS_PX * kps2.scale,
+    )
+
+
+def fit_matches(
+    kps1: Keypoints, kps2: Keypoints, m: Matches, shape1: tuple[int, int], config: GeometryConfig
+) -> HomographyEstimate:
+    """Stage 5 on matched keypoints; with simulated views the stricter checks of
+    :func:`featmatch.geometry.for_simulated_views` apply and each pair of positions counts once."""
+    views = _has_views(kps1, kps2)
+    return fit_homography(
+        kps1.xy[m.pairs[:, 0]],
+        kps2.xy[m.pairs[:, 1]],
+        shape1,
+        for_simulated_views(config) if views else config,
+        distinct_px=DISTINCT_RADIUS_PX * max(kps1.scale, kps2.scale) if views else 0.0,
+    )
 
 
 def _ms(t0: float) -> float:
@@ -183,26 +218,10 @@ class Matcher:
         """Match two already described images and estimate the homography."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        # Keypoints of simulated views repeat image points: the ratio test then looks past copies,
-        # and the inlier checks count each pair of positions once.
-        distinct = f1.keypoints.frame is not None or f2.keypoints.frame is not None
-        m = match_descriptors(
-            f1.descriptors,
-            f2.descriptors,
-            self.match_config,
-            self.device,
-            xy2=f2.xy if distinct else None,
-            distinct_radius=DISTINCT_RADIUS_PX * f2.keypoints.scale,
-        )
+        m = match_keypoints(f1.keypoints, f1.descriptors, f2.keypoints, f2.descriptors, self.match_config, self.device)
         timings["match"] = _ms(t0)
         t0 = time.perf_counter()
-        est = fit_homography(
-            f1.xy[m.pairs[:, 0]],
-            f2.xy[m.pairs[:, 1]],
-            f1.image_shape,
-            for_simulated_views(self.geometry_config) if distinct else self.geometry_config,
-            distinct_px=DISTINCT_RADIUS_PX * max(f1.keypoints.scale, f2.keypoints.scale) if distinct else 0.0,
-        )
+        est = fit_matches(f1.keypoints, f2.keypoints, m, f1.image_shape, self.geometry_config)
         timings["geometry"] = _ms(t0)
         reason = est.reason
         if min(len(f1), len(f2)) == 0:

@@ -1,8 +1,8 @@
 """Run several descriptors on the same pairs and the same keypoints, and summarize the results.
 
 For every image the keypoints are detected once (:func:`featmatch.detect.detect`); each
-descriptor describes those same keypoints, then matching (:func:`featmatch.match.match_descriptors`)
-and the robust fit (:func:`featmatch.geometry.estimate_homography`, deterministic) run per
+descriptor describes those same keypoints, then matching (:func:`featmatch.pipeline.match_keypoints`)
+and the robust fit (:func:`featmatch.pipeline.fit_matches`, deterministic) run per
 descriptor. So differences between the columns come from the descriptors alone.
 """
 
@@ -19,11 +19,10 @@ import numpy as np
 
 from ..detect import DetectConfig, Keypoints, detect
 from ..errors import ModelNotFoundError
-from ..geometry import GeometryConfig, for_simulated_views
-from ..geometry import estimate_homography as fit_homography
+from ..geometry import GeometryConfig
 from ..imageio import load_image
-from ..match import MatchConfig, match_descriptors
-from ..pipeline import DISTINCT_RADIUS_PX
+from ..match import MatchConfig
+from ..pipeline import fit_matches, match_keypoints
 from .datasets import Pair
 from .metrics import ACCURACY_THRESHOLDS, AUC_MAX_PX, CURVE_THRESHOLDS, accuracy, auc, corner_error, mma
 
@@ -282,24 +281,9 @@ def run_evaluation(
                     cache_desc[name] = describers[name](kps1)
                 desc1, desc2 = cache_desc[name], describers[name](kps2)
                 describe_ms = (time.perf_counter() - t0) * 1000.0
-                # simulated views: look past copies of one point, count each pair of positions once
-                distinct = kps1.frame is not None or kps2.frame is not None
-                m = match_descriptors(
-                    desc1,
-                    desc2,
-                    config.match,
-                    device,
-                    xy2=kps2.xy if distinct else None,
-                    distinct_radius=DISTINCT_RADIUS_PX * kps2.scale,
-                )
+                m = match_keypoints(kps1, desc1, kps2, desc2, config.match, device)
                 pts1, pts2 = kps1.xy[m.pairs[:, 0]], kps2.xy[m.pairs[:, 1]]
-                est = fit_homography(
-                    pts1,
-                    pts2,
-                    shape1,
-                    for_simulated_views(config.geometry) if distinct else config.geometry,
-                    distinct_px=DISTINCT_RADIUS_PX * max(kps1.scale, kps2.scale) if distinct else 0.0,
-                )
+                est = fit_matches(kps1, kps2, m, shape1, config.geometry)
                 results.append(
                     PairResult(
                         pair=pair.name,
