@@ -140,10 +140,15 @@ def detection_image(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]
 
 
 def _from_cv(kps: tuple, det: np.ndarray, scale: float, sift: np.ndarray | None = None) -> Keypoints:
+    xy, attrs = _cv_arrays(kps)
+    return _assemble(xy, attrs, det, scale, tuple(kps), sift)
+
+
+def _cv_arrays(kps: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV keypoints -> ``(N, 2)`` float32 positions and ``(N, 3)`` size, angle, response rows."""
     n = len(kps)
     xy = cv2.KeyPoint_convert(kps).reshape(n, 2).astype(np.float32) if n else np.zeros((0, 2), np.float32)
-    attrs = np.array([(k.size, k.angle, k.response) for k in kps], dtype=np.float32).reshape(n, 3)
-    return _assemble(xy, attrs, det, scale, tuple(kps), sift)
+    return xy, np.array([(k.size, k.angle, k.response) for k in kps], dtype=np.float32).reshape(n, 3)
 
 
 def _assemble(
@@ -169,17 +174,13 @@ def _assemble(
     )
 
 
-def _sift(config: DetectConfig):
-    return cv2.SIFT_create(
+def _detect_cv(img: np.ndarray, config: DetectConfig, mask: np.ndarray | None = None):
+    """OpenCV keypoints (strongest first, at most ``max_keypoints``) and SIFT descriptors or None."""
+    sift = cv2.SIFT_create(
         nfeatures=config.max_keypoints,
         contrastThreshold=config.contrast_threshold,
         edgeThreshold=config.edge_threshold,
     )
-
-
-def _detect_cv(img: np.ndarray, config: DetectConfig, mask: np.ndarray | None = None):
-    """OpenCV keypoints (strongest first, at most ``max_keypoints``) and SIFT descriptors or None."""
-    sift = _sift(config)
     if config.with_sift:
         kps, desc = sift.detectAndCompute(img, mask)
         desc = np.zeros((0, 128), np.float32) if desc is None else desc.astype(np.float32, copy=False)
@@ -253,16 +254,15 @@ def simulate_view(img: np.ndarray, tilt: float, roll: float) -> tuple[np.ndarray
 def _view_keypoints(det: np.ndarray, tilt: float, roll: float, config: DetectConfig):
     view, mask, a = simulate_view(det, tilt, roll)
     kps, desc = _detect_cv(view, config, mask)
-    n = len(kps)
-    if n == 0:
+    if len(kps) == 0:
         return None
     inv = np.linalg.inv(a[:, :2])
-    pts = cv2.KeyPoint_convert(kps).reshape(n, 2).astype(np.float64)
-    xy = (pts - a[:, 2]) @ inv.T
+    pts, attrs = _cv_arrays(kps)
+    xy = (pts.astype(np.float64) - a[:, 2]) @ inv.T
     h, w = det.shape
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
     idx = np.flatnonzero(inside)
-    attrs = np.array([(k.size, k.angle, k.response) for k in kps], dtype=np.float32).reshape(n, 3)[idx]
+    attrs = attrs[idx]
     mapped = tuple(
         cv2.KeyPoint(float(x), float(y), float(k.size), float(k.angle), float(k.response), k.octave)
         for (x, y), k in zip(xy[idx], (kps[i] for i in idx), strict=True)
