@@ -82,6 +82,12 @@ def weight_path(name: str) -> Path:
     return models_dir() / f"{name}.pt"
 
 
+def recorded_sha256(path: Path) -> str | None:
+    """The digest recorded in ``<path>.sha256`` beside a weight file, or None without one."""
+    digest_file = Path(str(path) + ".sha256")
+    return digest_file.read_text().split()[0] if digest_file.is_file() else None
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -113,13 +119,11 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
             f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
             f"{MODELS_ENV} to a folder that has {name}.pt"
         )
-    digest_file = Path(str(path) + ".sha256")
-    if digest_file.is_file():
-        expected = digest_file.read_text().split()[0]
-        if sha256_of(path) != expected:
-            raise ModelNotFoundError(
-                f"weights {path} do not match their recorded sha256 ({digest_file}); the file is corrupt"
-            )
+    expected = recorded_sha256(path)
+    if expected is not None and sha256_of(path) != expected:
+        raise ModelNotFoundError(
+            f"weights {path} do not match their recorded sha256 ({path}.sha256); the file is corrupt"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = HardNet()

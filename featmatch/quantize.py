@@ -100,7 +100,7 @@ def calibration_path(name: str) -> Path:
 
 def load_calibration(name: str) -> Calibration | None:
     """The calibration of ``models/<name>.pt``, or None when there is none or it is stale."""
-    from .network import sha256_of, weight_path
+    from .network import recorded_sha256, sha256_of, weight_path
 
     path = calibration_path(name)
     if not path.is_file():
@@ -110,7 +110,9 @@ def load_calibration(name: str) -> Calibration | None:
     except (OSError, json.JSONDecodeError, ConfigError) as exc:
         logger.warning("ignoring unreadable int8 calibration %s: %s", path, exc)
         return None
-    actual = sha256_of(weight_path(name))
+    # load_weights checks the file against its recorded digest, so the record stands for it
+    weights = weight_path(name)
+    actual = recorded_sha256(weights) or sha256_of(weights)
     if calib.weights_sha256 != actual:
         logger.warning("ignoring int8 calibration %s: it was measured on other weights", path)
         return None
