@@ -458,9 +458,7 @@ def _retry_with_views(
     dense = [feats.get(v) for v in range(n)]
     again, again_edges = _verify_pairs(views, dense, pairs, shapes, cfg, progress)
     verified.update(again)
-    for key, edge in again_edges.items():
-        if edge.verified or not edges[key].verified:
-            edges[key] = edge
+    edges.update(again_edges)  # only pairs that had failed were retried
     return True
 
 
