@@ -122,19 +122,22 @@ def _sync(device: str) -> None:
 # weights
 
 
-def _hardnet_weights(tmp: Path) -> tuple[object, Path, str]:
+def _hardnet_weights(tmp: Path) -> tuple[object, Path, str, object]:
     """The HardNet to benchmark: ``models/hardnet.pt`` if present, else a seeded random one.
 
     Returns:
-        ``(model, models_folder, note)``; the folder holds ``hardnet.pt`` (and its int8
-        calibration, when it has one) for the subprocesses.
+        ``(model, models_folder, note, calibration)``; the folder holds ``hardnet.pt`` (and its
+        int8 calibration, when it has one) for the subprocesses; ``calibration`` is that
+        calibration or None.
     """
     import torch
 
     from ..network import HardNet, load_weights, models_dir, save_weights, weight_path
+    from ..quantize import load_calibration
 
     if weight_path("hardnet").is_file():
-        return load_weights("hardnet"), models_dir(), f"trained weights {weight_path('hardnet')}"
+        note = f"trained weights {weight_path('hardnet')}"
+        return load_weights("hardnet"), models_dir(), note, load_calibration("hardnet")
     torch.manual_seed(0)
     net = HardNet().eval()
     with torch.no_grad():  # non-trivial BN statistics, so that BN folding does real work
@@ -143,7 +146,8 @@ def _hardnet_weights(tmp: Path) -> tuple[object, Path, str]:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
     save_weights(net, tmp / "hardnet.pt", half=False)
-    return net, tmp, "models/hardnet.pt does not exist yet: a SEEDED RANDOM HardNet (speed only, matches meaningless)"
+    note = "models/hardnet.pt does not exist yet: a SEEDED RANDOM HardNet (speed only, matches meaningless)"
+    return net, tmp, note, None
 
 
 def _real_patches(image: Path, n: int):
@@ -412,13 +416,10 @@ def run_bench(config: BenchConfig, parts: tuple[str, ...] = ("describe", "pipeli
     }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="featmatch-bench-") as tmp:
-        net, models, note = (None, None, None)
+        net, models, note, calibration = (None, None, None, None)
         if "describe" in parts or "pipeline" in parts:
-            net, models, note = _hardnet_weights(Path(tmp))
+            net, models, note, calibration = _hardnet_weights(Path(tmp))
         if "describe" in parts:
-            from ..quantize import load_calibration
-
-            calibration = load_calibration("hardnet") if note.startswith("trained") else None
             out["describe"] = bench_describe(config, net, note, log, calibration)
         if "pipeline" in parts:
             out["pipeline"] = bench_pipeline(config, models, note, log)
