@@ -82,7 +82,8 @@ class Keypoints:
         response: ``(N,)`` DoG response.
         scale: full-resolution pixels per detection-image pixel (1.0 when not downscaled).
         det_image: ``(h, w)`` uint8 detection image the keypoints were found in.
-        cv_keypoints: the OpenCV keypoints in detection-image coordinates (for SIFT descriptors).
+        cv_keypoints: the OpenCV keypoints in detection-image coordinates (for SIFT descriptors);
+            empty when oblique views were simulated (their SIFT descriptors come from detection).
         sift: ``(N, 128)`` float32 SIFT descriptors when detected ``with_sift``, else None.
         frame: ``(N, 2, 2)`` float32 when oblique views were simulated, else None: the linear
             map from the keypoint's view into the detection image. The keypoint's region is
@@ -263,12 +264,8 @@ def _view_keypoints(det: np.ndarray, tilt: float, roll: float, config: DetectCon
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
     idx = np.flatnonzero(inside)
     attrs = attrs[idx]
-    mapped = tuple(
-        cv2.KeyPoint(float(x), float(y), float(k.size), float(k.angle), float(k.response), k.octave)
-        for (x, y), k in zip(xy[idx], (kps[i] for i in idx), strict=True)
-    )
     frames = np.repeat(inv[None].astype(np.float32), len(idx), axis=0)
-    return xy[idx].astype(np.float32), attrs, frames, mapped, None if desc is None else desc[idx]
+    return xy[idx].astype(np.float32), attrs, frames, None if desc is None else desc[idx]
 
 
 def _with_views(base: Keypoints, det: np.ndarray, scale: float, config: DetectConfig) -> Keypoints:
@@ -286,5 +283,5 @@ def _with_views(base: Keypoints, det: np.ndarray, scale: float, config: DetectCo
     frames = np.concatenate([np.repeat(np.eye(2, dtype=np.float32)[None], n0, axis=0)] + [f[2] for f in found])
     sift = None
     if config.with_sift:
-        sift = np.concatenate([base.sift] + [f[4] for f in found]).astype(np.float32, copy=False)
-    return _assemble(xy, attrs, det, scale, base.cv_keypoints + sum((f[3] for f in found), ()), sift, frames)
+        sift = np.concatenate([base.sift] + [f[3] for f in found]).astype(np.float32, copy=False)
+    return _assemble(xy, attrs, det, scale, (), sift, frames)
