@@ -8,6 +8,7 @@ state dict of ours loads into kornia's class too (the benchmarks rely on it).
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -71,11 +72,19 @@ class HardNet(nn.Module):
 
 
 def models_dir() -> Path:
-    """Where weights are looked up: ``$FEATMATCH_MODELS`` or the repository's ``models/``."""
+    """Where weights are looked up: ``$FEATMATCH_MODELS``, else the package data ``featmatch.models``.
+
+    ``featmatch.models`` is the repository's ``models/`` folder, installed as a package (wheel
+    or editable install); a source tree that is only on ``PYTHONPATH`` falls back to its own
+    ``models/`` folder beside ``featmatch/``.
+    """
     env = os.environ.get(MODELS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    try:
+        return Path(str(importlib.resources.files("featmatch.models")))
+    except ModuleNotFoundError:  # not installed: a source tree on PYTHONPATH
+        return Path(__file__).resolve().parent.parent / "models"
 
 
 def weight_path(name: str) -> Path:

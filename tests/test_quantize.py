@@ -12,7 +12,7 @@ import torch
 from featmatch.errors import ConfigError
 from featmatch.quantize import Calibration, _qparams, cpu_has_vnni, load_calibration, measure_ranges, quantize
 
-from .conftest import DATA, REPO
+from .conftest import EVALDATA, REPO
 from .test_models import SHIPPED, describe_fp32, fixed_patches
 
 
@@ -22,7 +22,7 @@ def real_patches():
     from featmatch.imageio import load_image
     from featmatch.patches import patches_for
 
-    kp = detect(load_image(DATA / "vlfeat-pairs" / "river1.jpg").gray, DetectConfig(max_keypoints=1000))
+    kp = detect(load_image(EVALDATA / "graf1.png").gray, DetectConfig(max_keypoints=1000))
     return patches_for(kp)
 
 
@@ -124,7 +124,7 @@ def test_qparams_cover_the_range_and_zero():
         Calibration.from_json({"weights_sha256": "x"})
 
 
-def test_shipped_calibration_is_what_the_calibrate_command_computes(tmp_path):
+def test_shipped_calibration_is_what_the_calibrate_command_computes(tmp_path, data_dir):
     """``featmatch calibrate`` on the train photos reproduces the shipped file."""
     from featmatch.train.calibrate import calibrate
 
@@ -133,7 +133,7 @@ def test_shipped_calibration_is_what_the_calibrate_command_computes(tmp_path):
         shutil.copy(REPO / "models" / f, tmp_path / f)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEATMATCH_MODELS", str(tmp_path))
-        calib, path, n = calibrate("hardnet", DATA)
+        calib, path, n = calibrate("hardnet", data_dir)
     assert path == tmp_path / "hardnet.int8.json" and n > 5000
     got = json.loads(path.read_text())
     assert got["source"] == shipped["source"] and got["weights_sha256"] == shipped["weights_sha256"]

@@ -46,9 +46,7 @@ from featmatch.train.losses import (
 )
 from featmatch.train.metrics import average_precision, fpr95, fpr_at_recall, patch_map, sift_patch_descriptors
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "skimage-photos").is_dir(), reason="shared data not available")
-
+from .conftest import EVALDATA
 
 # ------------------------------------------------------------------------------------------
 # losses
@@ -191,19 +189,16 @@ def test_sift_patch_descriptors_shape_and_invariance() -> None:
 # datasets
 
 
-def test_split_lists_never_include_test_images() -> None:
-    if not (DATA / "skimage-photos").is_dir():
-        pytest.skip("shared data not available")
-    train = {p.stem for p in train_photos(DATA)}
-    test = {p.stem for p in datasets_mod.test_photos(DATA)}
+def test_split_lists_never_include_test_images(data_dir: Path) -> None:
+    train = {p.stem for p in train_photos(data_dir)}
+    test = {p.stem for p in datasets_mod.test_photos(data_dir)}
     assert not train & test
     assert {"astronaut", "coffee", "motorcycle_left", "motorcycle_right"} == test
-    assert all("wallpaper-photos" in str(p) or "skimage-photos" in str(p) for p in train_photos(DATA))
+    assert all("wallpaper-photos" in str(p) or "skimage-photos" in str(p) for p in train_photos(data_dir))
 
 
-@needs_data
-def test_correspondences_land_within_a_pixel() -> None:
-    gray = load_image(DATA / "skimage-photos" / "camera.png").gray
+def test_correspondences_land_within_a_pixel(data_dir: Path) -> None:
+    gray = load_image(data_dir / "skimage-photos" / "camera.png").gray
     cfg = WarpConfig(pixel_tol=1.0, photometric=True, seed=3)
     rng = np.random.default_rng(1)
     total = 0
@@ -219,10 +214,9 @@ def test_correspondences_land_within_a_pixel() -> None:
     assert total > 50
 
 
-@needs_data
-def test_photo_groups_patches_of_one_point_look_alike() -> None:
+def test_photo_groups_patches_of_one_point_look_alike(data_dir: Path) -> None:
     cfg = WarpConfig(warps_per_image=2, max_keypoints=500, seed=0)
-    patches, ids = photo_groups(DATA / "skimage-photos" / "camera.png", 0, cfg)
+    patches, ids = photo_groups(data_dir / "skimage-photos" / "camera.png", 0, cfg)
     assert patches.dtype == torch.uint8 and patches.shape[1:] == (1, 32, 32)
     assert len(ids) == len(patches) and len(np.unique(ids)) < len(ids)
     # Normalized patches of the same point correlate far better than patches of different points.
@@ -252,10 +246,9 @@ def _write_sequence(folder: Path, gray: np.ndarray, layout: str, seed: int = 0) 
             np.savetxt(folder / f"H1to{k}p", hm)
 
 
-@needs_data
 @pytest.mark.parametrize("layout", ["hpatches", "oxford"])
-def test_sequence_readers(tmp_path: Path, layout: str) -> None:
-    gray = load_image(DATA / "skimage-photos" / "camera.png").gray
+def test_sequence_readers(tmp_path: Path, layout: str, data_dir: Path) -> None:
+    gray = load_image(data_dir / "skimage-photos" / "camera.png").gray
     _write_sequence(tmp_path / "seqs" / "v_test", gray, layout)
     reader = hpatches_dataset if layout == "hpatches" else oxford_dataset
     ds = reader(tmp_path / "seqs", WarpConfig(max_keypoints=500))
@@ -266,9 +259,8 @@ def test_sequence_readers(tmp_path: Path, layout: str) -> None:
 
 
 def test_read_homography_opencv_xml(tmp_path: Path) -> None:
-    if (DATA / "opencv-samples" / "H1to3p.xml").is_file():
-        hm = read_homography(DATA / "opencv-samples" / "H1to3p.xml")
-        assert hm.shape == (3, 3) and hm[2, 2] == pytest.approx(1.0) and hm[0, 2] == pytest.approx(225.67123)
+    hm = read_homography(EVALDATA / "H1to3p.xml")  # the bundled copy of opencv-samples/H1to3p.xml
+    assert hm.shape == (3, 3) and hm[2, 2] == pytest.approx(1.0) and hm[0, 2] == pytest.approx(225.67123)
     (tmp_path / "bad").write_text("1 2 3\n")
     with pytest.raises(DatasetError):
         read_homography(tmp_path / "bad")
@@ -394,7 +386,7 @@ def test_cli_help_and_errors(tmp_path: Path) -> None:
     r = runner.invoke(train, ["--data-root", str(tmp_path), "--cache-dir", str(tmp_path), "--steps", "1",
                               "--run-dir", str(tmp_path / "run")])
     assert isinstance(r.exception, DatasetError) and isinstance(r.exception, FeatmatchError)
-    r = runner.invoke(eval_patches, ["--descriptor", "x=" + str(tmp_path / "none.pt"), "--data-root", str(DATA),
+    r = runner.invoke(eval_patches, ["--descriptor", "x=" + str(tmp_path / "none.pt"), "--data-root", str(tmp_path),
                                      "--cache-dir", str(tmp_path)])
     assert isinstance(r.exception, (ModelNotFoundError, DatasetError))
 

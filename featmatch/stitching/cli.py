@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -23,17 +24,30 @@ from .config import (
 
 #: File name endings taken from a folder given as IMG.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+#: A folder's panorama order, when it has this file (one image name a line, as in the
+#: panoramas-image-stitching sets, whose lines also carry a focal length that is ignored).
+IMAGE_LIST = "image_list.txt"
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key that orders ``2.jpg`` before ``10.jpg`` (digit runs compare as numbers)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
 def _expand(paths: tuple[str, ...]) -> list[str]:
-    """Folders expand to their image files, sorted by name; files are kept as given."""
+    """Files are kept as given; a folder gives the files its ``image_list.txt`` names, in that
+    order (first word of each line; ``#`` starts a comment), else its images in natural order."""
     out = []
     for p in paths:
         path = Path(p)
-        if path.is_dir():
-            out.extend(str(f) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
+        if not path.is_dir():
             out.append(p)
+        elif (path / IMAGE_LIST).is_file():
+            lines = (ln.split("#")[0].split() for ln in (path / IMAGE_LIST).read_text().splitlines())
+            out.extend(str(path / words[0]) for words in lines if words)
+        else:
+            images = [f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+            out.extend(str(f) for f in sorted(images, key=_natural_key))
     return out
 
 
@@ -49,14 +63,25 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="auto: planar for scans and narrow sets, cylindrical when the cameras turn further than 50 degrees.",
 )
-@click.option("--blend", type=click.Choice(BLENDS), default=DEFAULT_BLEND, show_default=True)
+@click.option(
+    "--blend",
+    type=click.Choice(BLENDS),
+    default=DEFAULT_BLEND,
+    show_default=True,
+    help="multiband: blend low frequencies wide and details narrow (no visible seams); feather: a linear "
+    "ramp across the overlap; none: each pixel from one image (hard seams).",
+)
 @click.option("--crop/--no-crop", default=False, show_default=True, help="Crop to the largest valid rectangle.")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
 @click.option(
     "--focal", type=click.FloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
 )
 @click.option(
-    "--max-megapixels", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_MAX_MEGAPIXELS, show_default=True
+    "--max-megapixels",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=DEFAULT_MAX_MEGAPIXELS,
+    show_default=True,
+    help="Refuse (exit 3) a panorama canvas larger than this, e.g. from a runaway homography.",
 )
 @click.option(
     "--pairs-per-image",
@@ -103,7 +128,14 @@ def stitch_command(
 ):
     """Stitch overlapping photos IMAGES... (files or folders) into one panorama.
 
-    Images that overlap nothing are left out with a warning (and listed with --json).
+    A folder gives the images its image_list.txt names, in that order, else all its images in
+    natural order (2.jpg before 10.jpg). Images that overlap nothing are left out with a
+    warning (and listed with --json).
+
+    \b
+    Examples:
+      featmatch stitch examples/river -o river.jpg --plot layout.png
+      featmatch stitch a.jpg b.jpg c.jpg -o pano.jpg --projection cylindrical --crop
 
     \b
     Exit codes: 0 written, 3 no pair of images overlaps (or the canvas would exceed

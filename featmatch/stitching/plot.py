@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -21,15 +23,37 @@ _PALETTE = [
 ]
 
 
-def _label(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5) -> None:
+def _label(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5, box: bool = False) -> None:
+    """White text with a black outline at ``org`` (bottom-left); ``box`` fills a dark box behind it."""
+    if box:
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        cv2.rectangle(img, (org[0] - 2, org[1] - th - 2), (org[0] + tw + 2, org[1] + base), (30, 30, 30), -1)
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+def _name(path: str) -> str:
+    return os.path.basename(str(path)) or str(path)
+
+
+def _wrap(items: list[str], width_px: int, scale: float = 0.5) -> list[str]:
+    """Join ``items`` with commas into lines no wider than ``width_px`` at this text scale."""
+    lines, cur = [], ""
+    for item in items:
+        cand = f"{cur}, {item}" if cur else item
+        if cur and cv2.getTextSize(cand, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width_px - 16:
+            lines.append(cur + ",")
+            cand = item
+        cur = cand
+    return lines + ([cur] if cur else [])
+
+
 def draw_layout(result: StitchResult) -> np.ndarray:
-    """The panorama (dimmed) with seams in white, each image's footprint in its colour and
-    index at its centre, spanning-tree edges thick and other verified edges thin, each
-    labelled with its inlier count; dropped images are listed underneath.
+    """The panorama (dimmed) with seams in white, each image's footprint in its colour and its
+    number (1-based position in the input list, so natural file order reads 1, 2, ..., 10) in a
+    disc at its centre, spanning-tree edges thick and other verified edges thin, each labelled
+    with its inlier count on a dark box; underneath, the reference by file name, the legend
+    number -> file name and the dropped images.
 
     Shape:
         -> ``(h, w, 3)`` uint8 BGR, longest side at most :data:`LAYOUT_MAX_SIDE`.
@@ -54,19 +78,32 @@ def draw_layout(result: StitchResult) -> np.ndarray:
         pts = ((np.asarray(fp) + 0.5) * s - 0.5).round().astype(np.int32)
         cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], True, colour, 2, cv2.LINE_AA)
         centres[v] = tuple(int(c) for c in pts.mean(axis=0))
-    for e in result.edges:
-        if not e.verified or e.i not in centres or e.j not in centres:
-            continue
+    verified = [e for e in result.edges if e.verified and e.i in centres and e.j in centres]
+    for e in verified:
         a, b = centres[e.i], centres[e.j]
         cv2.line(canvas, a, b, (60, 220, 60) if e.in_tree else (40, 140, 40), 3 if e.in_tree else 1, cv2.LINE_AA)
-        _label(canvas, str(e.inliers), ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2), 0.4)
+    # Edge labels at 40 % of the way from the lower-numbered node: two edges of one node do not
+    # put their labels on the same spot, and no label sits on a node's disc (drawn last).
+    for e in verified:
+        (i, a), (_, b) = sorted([(e.i, centres[e.i]), (e.j, centres[e.j])])
+        org = (round(a[0] + 0.4 * (b[0] - a[0])), round(a[1] + 0.4 * (b[1] - a[1])))
+        _label(canvas, str(e.inliers), org, 0.4, box=True)
     for v, c in centres.items():
-        cv2.circle(canvas, c, 7, (0, 0, 255) if v == result.reference else (255, 255, 255), -1, cv2.LINE_AA)
-        _label(canvas, str(v), (c[0] + 9, c[1] - 6), 0.55)
-    lines = [f"{len(result.placed)} placed, reference {result.reference}, {result.projection}"]
+        text = str(v + 1)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        radius = max(10, tw // 2 + 5)
+        cv2.circle(canvas, c, radius, (0, 0, 200) if v == result.reference else (60, 60, 60), -1, cv2.LINE_AA)
+        cv2.circle(canvas, c, radius, (255, 255, 255), 1, cv2.LINE_AA)
+        _label(canvas, text, (c[0] - tw // 2, c[1] + th // 2), 0.5)
+    width = canvas.shape[1]
+    lines = [
+        f"{len(result.placed)} placed, reference {_name(result.names[result.reference])} (red), {result.projection}"
+    ]
+    lines += _wrap([f"{v + 1} {_name(result.names[v])}" for v in result.placed], width)
     if result.dropped:
-        lines.append("dropped: " + ", ".join(f"{v} ({result.names[v]})" for v in result.dropped))
-    footer = np.zeros((22 * len(lines) + 8, canvas.shape[1], 3), np.uint8)
+        dropped = [f"{v + 1} {_name(result.names[v])}" for v in result.dropped]
+        lines += _wrap([f"dropped: {dropped[0]}"] + dropped[1:], width)
+    footer = np.zeros((22 * len(lines) + 8, width, 3), np.uint8)
     for k, text in enumerate(lines):
         _label(footer, text, (8, 20 + 22 * k), 0.5)
     return np.vstack([canvas, footer])
