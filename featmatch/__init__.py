@@ -6,6 +6,7 @@ The public API::
     result = featmatch.estimate_homography("a.jpg", "b.jpg", descriptor="hardnet")
     matcher = featmatch.Matcher("sift")          # reuse for many pairs
     features = featmatch.describe("a.jpg")
+    cv_kps = featmatch.to_cv_keypoints(features.keypoints)   # OpenCV / kornia interop
 
 Submodules are imported on first use, so ``import featmatch`` stays cheap.
 """
@@ -31,6 +32,12 @@ _LAZY = {
     "ModelNotFoundError": "featmatch.errors",
     "NotEnoughMatchesError": "featmatch.errors",
     "ConfigError": "featmatch.errors",
+    # interop with OpenCV and kornia (featmatch/interop.py)
+    "to_cv_keypoints": "featmatch.interop",
+    "from_cv_keypoints": "featmatch.interop",
+    "to_kornia_lafs": "featmatch.interop",
+    "to_cv_matches": "featmatch.interop",
+    "extract_patches": "featmatch.patches",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
