@@ -2,8 +2,8 @@
 
     python examples/estimate_homography.py                       # the bundled roofs pair
     python examples/estimate_homography.py a.jpg b.jpg --descriptor sift --max-keypoints 2000 --warp warp.png
-    python examples/estimate_homography.py ../shared/data/oxford-affine/test-graf/img1.png \\
-        ../shared/data/oxford-affine/test-graf/img2.png --truth ../shared/data/oxford-affine/test-graf/H1to2p
+    python examples/estimate_homography.py featmatch/evaldata/graf1.png featmatch/evaldata/graf3.png \\
+        --truth featmatch/evaldata/H1to3p.xml       # the bundled Oxford graffiti pair and its true H
 
 Prints the 3x3 matrix (image-1 pixels -> image-2 pixels), the inlier count and, with
 ``--truth``, the error at image 1's corners. Exit code 3 when no reliable homography exists.
@@ -26,10 +26,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image1", nargs="?", default=str(HERE / "roofs1.jpg"))
     ap.add_argument("image2", nargs="?", default=str(HERE / "roofs2.jpg"))
-    ap.add_argument("--descriptor", default="sift", choices=sorted(featmatch.DESCRIPTORS))
+    ap.add_argument("--descriptor", default="hardnet", choices=sorted(featmatch.DESCRIPTORS))
     ap.add_argument("--max-keypoints", type=int, default=4000)
     ap.add_argument("--ratio", type=float, default=0.8)
-    ap.add_argument("--truth", type=Path, help="a ground-truth 3x3 homography (plain text) to compare with")
+    ap.add_argument(
+        "--truth", type=Path, help="a ground-truth 3x3 homography (plain text or OpenCV XML) to compare with"
+    )
     ap.add_argument("--warp", type=Path, help="write image 1 warped onto image 2 (50/50 overlay)")
     args = ap.parse_args()
 
@@ -41,7 +43,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(
-        f"keypoints {len(result.keypoints1)} / {len(result.keypoints2)}, matches {len(result.matches)}, "
+        f"{result.descriptor}: keypoints {len(result.keypoints1)} / {len(result.keypoints2)}, matches {len(result.matches)}, "
         f"inliers {result.num_inliers}"
     )
     if not result.ok:
@@ -51,10 +53,11 @@ def main() -> int:
     print("homography (image 1 -> image 2):")
     print(result.homography)
     if args.truth is not None:
+        from featmatch.evaluation.datasets import read_homography
         from featmatch.geometry import corners, project
 
         c = corners(result.shapes[0])
-        err = np.linalg.norm(project(result.homography, c) - project(np.loadtxt(args.truth), c), axis=1)
+        err = np.linalg.norm(project(result.homography, c) - project(read_homography(args.truth), c), axis=1)
         print(f"corner error vs truth: mean {err.mean():.2f} px, max {err.max():.2f} px")
     if args.warp is not None:
         from featmatch.imageio import load_image

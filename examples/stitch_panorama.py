@@ -1,6 +1,7 @@
 """Stitch a panorama from the real overlapping photo sets in ../shared/data (or your own photos).
 
-    python examples/stitch_panorama.py --set weir -o weir.jpg
+    python examples/stitch_panorama.py examples/river -o river.jpg     # the bundled set
+    python examples/stitch_panorama.py --set weir -o weir.jpg          # the named sets need ../shared/data
     python examples/stitch_panorama.py --set parrington -o parrington.jpg --crop
     python examples/stitch_panorama.py --set aero -o aero.jpg
     python examples/stitch_panorama.py my_photos/ -o pano.jpg --projection cylindrical
@@ -76,6 +77,11 @@ def main() -> int:
         return 0
     if bool(args.set) == bool(args.inputs):
         ap.error("give either --set NAME or image files/folders")
+    if args.set and not DATA.is_dir():
+        print(
+            f"error: the named sets are in ../shared/data beside the repository, and {DATA} is missing", file=sys.stderr
+        )
+        return 2
     files = expand(SETS[args.set] if args.set else args.inputs)[: args.max_images]
 
     try:

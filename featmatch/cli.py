@@ -90,6 +90,8 @@ def cli(verbose: int) -> None:
     Examples:
       featmatch match a.jpg b.jpg --plot matches.png
       featmatch match a.jpg b.jpg --descriptor sift --json
+      featmatch stitch photos/ -o pano.jpg
+      featmatch COMMAND --help        # each command's options and examples
     \b
     Exit codes: 0 success, 2 bad usage or input, 3 no reliable homography, 1 a bug.
     """
@@ -134,6 +136,12 @@ def match_command(
 
     The homography maps full-resolution pixel coordinates (x, y, 1) of IMG1, origin at the
     centre of the top-left pixel (OpenCV's convention), to IMG2.
+
+    \b
+    Examples:
+      featmatch match examples/roofs1.jpg examples/roofs2.jpg --plot out/matches.png --warp out/warp.png
+      featmatch match a.jpg b.jpg --descriptor sift --json
+      featmatch match aero1.jpg aero3.jpg --max-tilt 4     # very different viewpoints
 
     \b
     Exit codes: 0 found, 3 no reliable homography (JSON still printed, with

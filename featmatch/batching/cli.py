@@ -82,11 +82,18 @@ def batch_command(
     OUTPUT as one JSON line as soon as it is done; running the same command again skips the
     finished pairs, so an interrupted run goes on where it stopped.
 
+    The defaults differ from match and stitch (hardnet, --device auto) on purpose: batch
+    runs --workers single-threaded processes, one per core, and on a CPU the CNN costs
+    several times SIFT's time per image (README, Speed), so --descriptor sift; and one GPU
+    would be shared by every worker, so --device cpu. Pass -d hardnet [--device cuda
+    --workers 1] for the learned descriptor.
+
     \b
     Examples:
       featmatch batch photos/ --pairs shortlist:10 -o results.jsonl
       featmatch batch list.txt --pairs pairs.txt -o results.jsonl --workers 8
       featmatch batch photos/ -o results.jsonl --backend ray --ray-address auto
+      featmatch batch examples/river -o river.jsonl -d hardnet
     \b
     Exit codes: 0 the run finished (pairs without a homography are results, not failures),
     2 bad usage or input (or --backend ray without Ray installed), 130 interrupted.

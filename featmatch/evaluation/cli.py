@@ -35,13 +35,17 @@ def _parse_names(value: str) -> list[str]:
 @click.option("--descriptor", "-d", default="sift,rootsift,hardnet,exptloss", show_default=True, help=DESCRIPTOR_HELP)
 @click.option("--max-keypoints", "-n", type=click.IntRange(min=1), default=2000, show_default=True, help="Keypoints per image (the strongest), shared by every descriptor.")  # fmt: skip
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.8, show_default=True, help="Lowe's ratio test.")  # fmt: skip
-@click.option("--method", type=click.Choice(["magsac", "accurate", "default", "fast", "prosac", "ransac"]), default="magsac", show_default=True)  # fmt: skip
+@click.option("--method", type=click.Choice(["magsac", "accurate", "default", "fast", "prosac", "ransac"]), default="magsac", show_default=True, help="Robust homography estimator (OpenCV USAC variants; as for match).")  # fmt: skip
 @click.option("--threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="RANSAC threshold (px).")  # fmt: skip
 @click.option("--max-side", type=click.IntRange(min=64), default=2048, show_default=True, help="Downscale larger images for detection.")  # fmt: skip
 @max_tilt_option()
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the CNN descriptors and matching run (auto: CUDA when available).")  # fmt: skip
 @click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="CNN arithmetic (auto: int8 on VNNI CPUs with a calibration, else bf16 where native, else fp32; fp16 on CUDA).",
 )
 @click.option("--skip-missing", is_flag=True, help="Report descriptors without weights as skipped instead of failing.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
@@ -76,6 +80,11 @@ def eval_command(
 
     Every descriptor describes the SAME keypoints (detected once per image). Writes
     results.json, results.md and curves.png into --out-dir.
+
+    \b
+    Examples:
+      featmatch eval                                  # the bundled benchmark, all descriptors
+      featmatch eval ../shared/data/hpatches-sequences -d sift,hardnet --out-dir eval-hp
     """
     from ..detect import DetectConfig
     from ..geometry import GeometryConfig
@@ -109,7 +118,7 @@ def eval_command(
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="A tiny run (seconds) that checks the plumbing, not the speed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the tables.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the CNNs and the torch search run.")  # fmt: skip
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Repeats per measurement (median).")
 @click.option(
     "--only",
@@ -125,13 +134,26 @@ def bench_command(quick, as_json, device, repeats, only):
     pipeline: whole `match` processes on river1/river2: featmatch sift/hardnet vs an OpenCV
               script vs a kornia script (benchmarks/*.py), wall time and peak memory
     knn:      k=2 search: FAISS vs OpenCV BFMatcher vs torch cdist
+
+    The pipeline part needs a source checkout (benchmarks/ and ../shared/data beside it;
+    without the shared data it falls back to the bundled graf1/graf3).
+
+    \b
+    Examples:
+      featmatch bench --quick                   # seconds: checks that every part runs
+      featmatch bench --only describe,knn --json
     """
-    from .bench import BenchConfig, format_report, run_bench
+    from .bench import BENCHMARKS_DIR, BenchConfig, format_report, run_bench
 
     parts = tuple(p.strip() for p in only.split(",") if p.strip())
     bad = [p for p in parts if p not in ("describe", "pipeline", "knn")]
     if bad or not parts:
         raise ConfigError(f"unknown --only part '{bad[0] if bad else only}'; choose from describe, pipeline, knn")
+    if "pipeline" in parts and not BENCHMARKS_DIR.is_dir():
+        raise ConfigError(
+            "bench's pipeline part runs competitor scripts from a source checkout (benchmarks/): run it in a "
+            "clone of featmatch, or use --only describe,knn"
+        )
     config = BenchConfig.quick(device) if quick else BenchConfig(device=device)
     if repeats is not None:
         config = config.with_repeats(repeats)

@@ -72,11 +72,14 @@ def calibrate(name: str, data_root: Path, per_photo: int = PER_PHOTO):
     help="""Measure the int8 activation ranges of trained descriptors (``--precision int8``).
 
 Runs each model in fp32 on about 11,000 patches of the TRAIN photos and writes
-models/<NAME>.int8.json (it records the sha256 of the weights; retrain -> recalibrate).
+<NAME>.int8.json beside the weights, in $FEATMATCH_MODELS (in a source checkout: models/);
+it records the sha256 of the weights (retrain -> recalibrate). It never writes into an
+installed featmatch.
 
 \b
-Example:
-  featmatch calibrate hardnet exptloss
+Examples:
+  FEATMATCH_MODELS=runs/hardnet featmatch calibrate hardnet --data-root ../shared/data
+  featmatch calibrate hardnet exptloss      # a source checkout: models/*.int8.json
 """,
 )
 @click.argument("names", nargs=-1, required=True)
@@ -84,7 +87,8 @@ Example:
     "--data-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="The shared data folder [default: ../shared/data next to the repository].",
+    help="The data folder (featmatch's shared data) [default: $FEATMATCH_DATA, else ../shared/data beside "
+    "a source checkout].",
 )
 @click.option(
     "--per-photo",
@@ -94,10 +98,19 @@ Example:
     help="Keypoints sampled per train photo.",
 )
 def calibrate_command(names: tuple[str, ...], data_root: Path | None, per_photo: int) -> None:
-    from .datasets import DEFAULT_DATA_ROOT
+    import os
 
+    from ..network import MODELS_ENV
+    from .datasets import default_data_root, in_source_checkout
+
+    if not os.environ.get(MODELS_ENV) and not in_source_checkout():
+        raise ConfigError(
+            f"calibrate writes beside the weights and never into the installed featmatch: set {MODELS_ENV} "
+            "to your weights folder (e.g. the --run-dir of `featmatch train`)"
+        )
+    data_root = data_root or default_data_root()
     for name in names:
-        calib, path, n = calibrate(name, data_root or DEFAULT_DATA_ROOT, per_photo)
+        calib, path, n = calibrate(name, data_root, per_photo)
         click.echo(
             f"{name}: {n} patches -> {path} (input {calib.input_range[0]:.2f}..{calib.input_range[1]:.2f}, "
             f"output {calib.output_range[0]:.2f}..{calib.output_range[1]:.2f})"

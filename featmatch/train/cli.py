@@ -18,9 +18,6 @@ from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_REPO = Path(__file__).resolve().parents[2]
-
-
 def _setup_logging(run_dir: Path | None) -> None:
     root = logging.getLogger("featmatch")
     if root.level == logging.NOTSET or root.level > logging.INFO:
@@ -41,15 +38,19 @@ def _setup_logging(run_dir: Path | None) -> None:
 Patches come from random homographies and photometric changes of the TRAIN photos only
 (wallpaper-photos/*.jpg and skimage brick, camera, chelsea, coins, grass, gravel, moon, page,
 rocket under --data-root); the patch dataset is built once and cached under --cache-dir.
-Checkpoints, log.jsonl, train.log and summary.json go to --run-dir (default runs/<loss>);
-the final fp16 weights go to --out (default models/<loss>.pt) when the run ends.
+Checkpoints, log.jsonl, train.log and summary.json go to --run-dir (default runs/<loss>
+under the current directory); the final fp16 weights go to --out (default
+<run-dir>/<loss>.pt) when the run ends. Nothing is written into featmatch's own models;
+use the result with FEATMATCH_MODELS=<run-dir> (the command prints how). The data folder is
+--data-root, else $FEATMATCH_DATA, else ../shared/data beside a source checkout.
 
 \b
 Examples:
   featmatch train --loss hardnet --steps 2000
   featmatch train --loss exptloss --beta 2 --gamma 2 --alpha 1 --mining-ratio 0.5
+  featmatch train --loss hardnet --data-root ../shared/data --run-dir runs/h1
   featmatch train --loss hardnet --resume          # continue runs/hardnet/checkpoint.pt
-  featmatch train --loss hardnet --eval-only       # FPR95 of models/hardnet.pt on the test pairs
+  featmatch train --loss hardnet --eval-only       # FPR95 of the shipped hardnet on the test pairs
 """,
 )
 @click.option("--loss", "loss_name", type=click.Choice(["hardnet", "exptloss"]), default="hardnet", show_default=True,
@@ -70,11 +71,12 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, sampling and augmentation.")
 @click.option("--resume", is_flag=True, help="Continue from <run-dir>/checkpoint.pt if it exists.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Final fp16 weights [default: models/<loss>.pt].")
+              help="Final fp16 weights [default: <run-dir>/<loss>.pt; with --eval-only: the shipped weights].")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Checkpoints and logs [default: runs/<loss>].")
+              help="Checkpoints, logs and the final weights [default: runs/<loss> under the current directory].")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The shared data folder [default: ../shared/data next to the repository].")
+              help="The data folder (featmatch's shared data) [default: $FEATMATCH_DATA, else ../shared/data "
+                   "beside a source checkout].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where built patch datasets are cached [default: runs/cache].")
 @click.option("--warps", type=int, default=40, show_default=True, help="Random homographies per train photo.")
@@ -93,27 +95,28 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
           run_dir: Path | None, data_root: Path | None, cache_dir: Path | None, warps: int, max_keypoints: int,
           workers: int, threads: int | None, device: str, bf16: bool, checkpoint_every: int, val_every: int,
           eval_only: bool, progress: bool) -> None:
+    from ..network import MODELS_ENV, weight_path
     from .datasets import (
-        DEFAULT_CACHE_DIR,
-        DEFAULT_DATA_ROOT,
         WarpConfig,
         build_val_pairs,
         build_warp_dataset,
+        default_cache_dir,
+        default_data_root,
         train_photos,
     )
     from .loop import TrainConfig
     from .loop import train as run_training
     from .losses import LossConfig
 
-    data_root = data_root or DEFAULT_DATA_ROOT
-    cache_dir = cache_dir or DEFAULT_CACHE_DIR
-    out = out or _REPO / "models" / f"{loss_name}.pt"
-    run_dir = run_dir or _REPO / "runs" / loss_name
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    data_root = data_root or default_data_root()
+    cache_dir = cache_dir or default_cache_dir()
     if eval_only:
-        _print_eval([f"{loss_name}={out}"], data_root, cache_dir, json_out=None)
+        _print_eval([f"{loss_name}={out or weight_path(loss_name)}"], data_root, cache_dir, json_out=None)
         return
+    run_dir = run_dir or Path("runs") / loss_name
+    out = out or run_dir / f"{loss_name}.pt"
     loss_cfg = LossConfig(name=loss_name, margin=margin, beta=beta, gamma=gamma, alpha=alpha,
                           mining_ratio=mining_ratio, form=form)
     cfg = TrainConfig(loss=loss_cfg, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
@@ -129,6 +132,9 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     val = "-" if result.val_fpr95 is None else f"{result.val_fpr95:.4f}"
     click.echo(f"{loss_name}: {result.steps} steps in {result.wall_s / 60:.1f} min, last loss {result.last_loss:.4f}, "
                f"validation FPR95 {val}; weights {result.weights} (fp16 max |diff| {result.fp16_max_abs_diff})")
+    # `featmatch calibrate` then writes the int8 calibration beside the weights (--precision int8)
+    click.echo(f"use them: {MODELS_ENV}={out.parent} featmatch match a.jpg b.jpg --descriptor {loss_name}"
+               + ("" if out.stem == loss_name else f"  (or rename {out.name} to {loss_name}.pt)"))
 
 
 def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - returns a callable
@@ -230,7 +236,8 @@ Example:
 @click.option("--descriptor", "descriptors", default="hardnet,exptloss,sift", show_default=True,
               help="Comma-separated descriptors to evaluate.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The shared data folder [default: ../shared/data next to the repository].")
+              help="The data folder (featmatch's shared data) [default: $FEATMATCH_DATA, else ../shared/data "
+                   "beside a source checkout].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the built pairs are cached [default: runs/cache].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -239,9 +246,9 @@ Example:
               help="Arithmetic of the named models: fp32 is the reference; the others run match's inference path.")
 def eval_patches(descriptors: str, data_root: Path | None, cache_dir: Path | None, json_out: Path | None,
                  precision: str) -> None:
-    from .datasets import DEFAULT_CACHE_DIR, DEFAULT_DATA_ROOT
+    from .datasets import default_cache_dir, default_data_root
 
     specs = [s.strip() for s in descriptors.split(",") if s.strip()]
     if not specs:
         raise ConfigError("--descriptor needs at least one descriptor")
-    _print_eval(specs, data_root or DEFAULT_DATA_ROOT, cache_dir or DEFAULT_CACHE_DIR, json_out, precision)
+    _print_eval(specs, data_root or default_data_root(), cache_dir or default_cache_dir(), json_out, precision)

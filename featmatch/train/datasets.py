@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,35 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = REPO_ROOT / ".." / "shared" / "data"
 #: Default cache folder (git-ignored).
 DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
+#: Environment variable naming the data folder (laid out as featmatch's shared data).
+DATA_ENV = "FEATMATCH_DATA"
+
+
+def in_source_checkout() -> bool:
+    """True when featmatch runs from its repository (not from an installed package)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "featmatch").is_dir()
+
+
+def default_data_root() -> Path:
+    """``$FEATMATCH_DATA``, else ``../shared/data`` beside a source checkout.
+
+    Raises:
+        ConfigError: neither exists (an installed package has no default data folder).
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    if in_source_checkout() and DEFAULT_DATA_ROOT.is_dir():
+        return DEFAULT_DATA_ROOT
+    raise ConfigError(
+        f"no data folder: pass --data-root DIR or set {DATA_ENV}=DIR (featmatch's shared data: "
+        "skimage-photos/, wallpaper-photos/, opencv-samples/; a source checkout finds ../shared/data beside it)"
+    )
+
+
+def default_cache_dir() -> Path:
+    """``runs/cache`` in the source checkout, else under the current directory."""
+    return DEFAULT_CACHE_DIR if in_source_checkout() else Path("runs") / "cache"
 
 #: The skimage photos of the TRAIN split (the other four are test images).
 SKIMAGE_TRAIN = ("brick", "camera", "chelsea", "coins", "grass", "gravel", "moon", "page", "rocket")
