@@ -156,6 +156,6 @@ def test_stitch_the_bundled_set_from_its_folder(tmp_path):
     assert [Path(i["name"]).name for i in res["images"]] == ["river1.jpg", "river2.jpg"]
     assert all(i["placed"] for i in res["images"])
     pano = cv2.imread(str(out))
-    assert pano is not None and 700 < pano.shape[1] < 2 * 640 and pano.shape[0] >= 480
+    assert pano is not None and 700 < pano.shape[1] < 4 * 640 and pano.shape[0] >= 480
     layout = cv2.imread(str(plot))
     assert layout is not None and layout.shape[0] > pano.shape[0] * min(1.0, 1600 / max(pano.shape[:2]))
