@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from featmatch.cli import cli
 from featmatch.network import HardNet, save_weights
 
-from .conftest import EXAMPLES
+from .conftest import EVALDATA, EXAMPLES
 
 PAIR = [str(EXAMPLES / "roofs1.jpg"), str(EXAMPLES / "roofs2.jpg")]
 
@@ -78,8 +78,8 @@ def test_no_homography_is_exit_3_with_null_json(tmp_path):
     assert "no keypoints" in r.stderr
 
 
-def test_unrelated_images_are_exit_3(data_dir):
-    r = run(["match", str(data_dir / "skimage-photos" / "coins.png"), PAIR[1], "-d", "sift", "--json"])
+def test_unrelated_images_are_exit_3():
+    r = run(["match", str(EVALDATA / "coffee.png"), PAIR[1], "-d", "sift", "--json"])
     assert r.exit_code == 3, r.output
     assert json.loads(r.stdout)["homography"] is None
 

@@ -8,6 +8,8 @@ from featmatch.errors import ConfigError, ModelNotFoundError
 from featmatch.inference import fold_for_inference
 from featmatch.network import HardNet, load_weights, save_weights
 
+from .conftest import EXAMPLES
+
 
 def _random_net(seed=0):
     torch.manual_seed(seed)
@@ -84,10 +86,10 @@ def test_sift_from_detector_pass_equals_separate_compute(gray_photo):
     np.testing.assert_allclose(SiftDescriptor()(both), SiftDescriptor()(kps), atol=1e-4)
 
 
-def test_background_build_gives_the_same_answer_and_reports_when_it_waited(data_dir):
+def test_background_build_gives_the_same_answer_and_reports_when_it_waited():
     from featmatch.pipeline import Matcher
 
-    pair = (data_dir / "vlfeat-pairs" / "roofs1.jpg", data_dir / "vlfeat-pairs" / "roofs2.jpg")
+    pair = (EXAMPLES / "roofs1.jpg", EXAMPLES / "roofs2.jpg")
     opts = dict(detect=DetectConfig(max_keypoints=500), device="cpu", precision="fp32")
     eager = Matcher("hardnet", **opts).match(*pair)
     lazy_matcher = Matcher("hardnet", background=True, **opts)
@@ -100,7 +102,7 @@ def test_background_build_gives_the_same_answer_and_reports_when_it_waited(data_
     assert "model" not in again.timings_ms
 
 
-def test_background_build_errors_surface_at_first_use(tmp_path, monkeypatch, data_dir):
+def test_background_build_errors_surface_at_first_use(tmp_path, monkeypatch):
     import featmatch
     from featmatch.pipeline import Matcher
 
@@ -108,4 +110,4 @@ def test_background_build_errors_surface_at_first_use(tmp_path, monkeypatch, dat
         Matcher("surf", background=True)
     monkeypatch.setenv("FEATMATCH_MODELS", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="featmatch train"):
-        featmatch.estimate_homography(data_dir / "vlfeat-pairs" / "roofs1.jpg", data_dir / "vlfeat-pairs" / "roofs2.jpg")
+        featmatch.estimate_homography(EXAMPLES / "roofs1.jpg", EXAMPLES / "roofs2.jpg")

@@ -4,7 +4,7 @@ import pytest
 import featmatch
 from featmatch.geometry import GeometryConfig, corners, degeneracy, estimate_homography, project
 
-from .conftest import read_oxford_h
+from .conftest import EVALDATA, read_oxford_h
 
 
 def corner_error(H_est, H_true, shape):
@@ -72,8 +72,9 @@ def test_sift_corner_error_under_3px_on_easy_real_pairs(data_dir, a, b, h):
     assert corner_error(result.homography, read_oxford_h(data_dir / h), result.shapes[0]) < 3.0
 
 
-def test_sift_on_graf_1_to_3_within_5px(data_dir):
-    d = data_dir / "opencv-samples"
-    result = featmatch.estimate_homography(d / "graf1.png", d / "graf3.png", descriptor="sift")
+@pytest.mark.parametrize("descriptor", ["sift", "hardnet"])
+def test_graf_1_to_3_within_5px_of_the_true_homography(descriptor):
+    d = EVALDATA  # the bundled copy of opencv-samples' graf1, graf3 and H1to3p.xml
+    result = featmatch.estimate_homography(d / "graf1.png", d / "graf3.png", descriptor=descriptor)
     assert result.ok and result.num_inliers > 100
     assert corner_error(result.homography, read_oxford_h(d / "H1to3p.xml"), result.shapes[0]) < 5.0

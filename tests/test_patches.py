@@ -6,6 +6,8 @@ import torch
 from featmatch.detect import DetectConfig, detect
 from featmatch.patches import PATCH_SIZE, extract_patches, patches_for
 
+from .conftest import EXAMPLES
+
 
 def _zncc(a, b):
     a = a.flatten(1)
@@ -54,7 +56,7 @@ def test_no_keypoints_gives_empty_patches():
     assert p.shape == (0, 1, PATCH_SIZE, PATCH_SIZE)
 
 
-def test_our_pyramid_sampler_equals_kornias(data_dir):
+def test_our_pyramid_sampler_equals_kornias():
     """sample_from_pyramid is kornia's extract_patches_from_pyramid rule in fewer passes."""
     from kornia.feature import extract_patches_from_pyramid
 
@@ -62,7 +64,7 @@ def test_our_pyramid_sampler_equals_kornias(data_dir):
     from featmatch.imageio import load_image
     from featmatch.patches import image_tensor, keypoints_to_laf, pyramid_levels, sample_from_pyramid
 
-    kp = detect(load_image(data_dir / "vlfeat-pairs" / "roofs1.jpg").gray, DetectConfig(max_keypoints=3000))
+    kp = detect(load_image(EXAMPLES / "roofs1.jpg").gray, DetectConfig(max_keypoints=3000))
     img = image_tensor(kp.det_image)
     laf = keypoints_to_laf(kp.det_xy, kp.det_size, kp.angle)
     # include giant and tiny regions and ones hanging over the border (levels clamp, borders repeat)

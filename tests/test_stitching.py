@@ -18,13 +18,15 @@ from featmatch.geometry import corners, project
 from featmatch.stitching import StitchConfig, StitchError, StitchInputError, StitchWarning, blend, camera, graph, stitch
 from featmatch.stitching.warp import check_canvas
 
+from .conftest import EVALDATA
+
 KP = 1000
 VIEW = 288
 
 
 @pytest.fixture(scope="module")
-def astronaut(data_dir) -> np.ndarray:
-    return cv2.imread(str(data_dir / "skimage-photos" / "astronaut.png"))
+def astronaut() -> np.ndarray:
+    return cv2.imread(str(EVALDATA / "astronaut.png"))  # a copy of skimage-photos/astronaut.png
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,9 @@ def grid_result(grid_views, request):
 
 
 @pytest.fixture(scope="module")
-def unrelated(data_dir) -> np.ndarray:
+def unrelated() -> np.ndarray:
     """A photo that overlaps none of the astronaut views."""
-    img = cv2.imread(str(data_dir / "skimage-photos" / "coffee.png"))
+    img = cv2.imread(str(EVALDATA / "coffee.png"))
     return np.ascontiguousarray(img[:VIEW, :VIEW])
 
 
