@@ -95,7 +95,6 @@ def _texture(rng: np.random.Generator, side: int = 160) -> np.ndarray:
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.slow
 def test_train_writes_into_the_run_dir_under_cwd_and_says_how_to_use_it(monkeypatch, tmp_path):
     """A tiny real run of ``featmatch train`` on a made-up data folder (seconds)."""
     from featmatch.train.datasets import SKIMAGE_TRAIN
