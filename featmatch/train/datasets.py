@@ -83,6 +83,7 @@ def default_cache_dir() -> Path:
     """``runs/cache`` in the source checkout, else under the current directory."""
     return DEFAULT_CACHE_DIR if in_source_checkout() else Path("runs") / "cache"
 
+
 #: The skimage photos of the TRAIN split (the other four are test images).
 SKIMAGE_TRAIN = ("brick", "camera", "chelsea", "coins", "grass", "gravel", "moon", "page", "rocket")
 #: The skimage photos of the TEST split.
