@@ -77,9 +77,10 @@ expect_h() {  # a match with --json that must have a homography
     "$VPY" -c "import json,sys; r=json.load(open('m.json')); sys.exit(0 if r['homography'] and r['inliers'] >= 50 else 1)" ||
         fail "featmatch match $*: no homography: $(cat m.json)"
 }
-log "match, hardnet (shipped weights) and sift"
+log "match with every descriptor (hardnet, exptloss: the shipped weights)"
 expect_h --descriptor hardnet
 expect_h --descriptor sift
+expect_h --descriptor rootsift
 expect_h --descriptor exptloss --max-keypoints 1000
 
 log "stitch the bundled set (its image_list.txt)"
