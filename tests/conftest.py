@@ -48,6 +48,18 @@ def data_dir() -> Path:
     return DATA
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "data: needs ../shared/data (set on every test using data_dir); -m 'not data'")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test that reaches the shared data (directly or through another fixture) ``data``,
+    so that ``-m "not data"`` runs exactly what a fresh clone runs."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Say at the end how many tests were skipped because ../shared/data is missing."""
     skipped = terminalreporter.stats.get("skipped", [])
