@@ -5,9 +5,11 @@ import pytest
 from featmatch.errors import ImageReadError
 from featmatch.imageio import MIN_SIDE, load_image
 
+from .conftest import EXAMPLES
 
-def test_reads_color_jpeg_as_unit_gray(data_dir):
-    img = load_image(data_dir / "vlfeat-pairs" / "roofs1.jpg")
+
+def test_reads_color_jpeg_as_unit_gray():
+    img = load_image(EXAMPLES / "roofs1.jpg")
     assert img.gray.dtype == np.float32 and img.gray.ndim == 2
     assert img.color.shape == img.gray.shape + (3,)
     assert 0.0 <= img.gray.min() and img.gray.max() <= 1.0 and img.gray.std() > 0.05
