@@ -152,6 +152,11 @@ class BatchRun(Iterator[PairResult]):
 
     Made by :func:`batch`. Closing it (or breaking out of a ``for`` loop and dropping it)
     stops the workers; what was finished stays in RESULTS.
+
+    Attributes:
+        failed: image name -> why it could not be used (each unusable image once; its
+            pairs are ``error`` results).
+        warnings: what the run repaired on the way (e.g. a damaged cache set aside), one line each.
     """
 
     def __init__(self, entries, spec, config, runner, output, cache, limit, progress):
@@ -165,6 +170,7 @@ class BatchRun(Iterator[PairResult]):
         self.progress = progress
         self.summary: BatchSummary | None = None
         self.failed: dict[str, str] = {}
+        self.warnings: list[str] = []
         self._gen = self._run()
 
     def __next__(self) -> PairResult:
@@ -191,24 +197,55 @@ class BatchRun(Iterator[PairResult]):
                 self.failed[e.name] = str(exc)
         return fps
 
-    def _open_cache(self, path: Path) -> FeatureCache:
+    def _warn(self, message: str) -> None:
+        """A notice for the user (the CLI prints each once, after the run); logged at INFO."""
+        logger.info("%s", message)
+        self.warnings.append(message)
+
+    def _set_aside(self, path: Path, why: CacheUnreadableError) -> None:
+        """Move a damaged cache out of the way (``<cache>.corrupt``), keeping it for inspection."""
+        aside = path.with_name(path.name + ".corrupt")
         try:
-            return FeatureCache(path, "a")
-        except CacheUnreadableError:
-            # A crash while writing can leave an HDF5 file unreadable: set it aside, start afresh.
-            aside = path.with_name(path.name + ".corrupt")
-            logger.warning("feature cache %s is unreadable; moved it to %s and starting a new one", path, aside)
             path.replace(aside)
-            return FeatureCache(path, "a")
+        except OSError as exc:
+            raise ConfigError(f"{why}; it could not be moved aside ({exc.strerror or exc}): delete it") from None
+        self._warn(f"{why}; moved it to '{aside}' and rebuilding it (finished results are kept)")
+
+    def _open_cache(self, path: Path) -> tuple[FeatureCache, list[ImageEntry]]:
+        """Open the cache for writing and find the images to describe.
+
+        A cache that cannot be read (a crash or a full disk cut a write short) is set aside and
+        rebuilt: that costs the features, never a finished result line.
+        """
+        for attempt in range(2):
+            try:
+                cache = FeatureCache(path, "a")
+            except CacheUnreadableError as exc:
+                if attempt:
+                    raise
+                self._set_aside(path, exc)
+                continue
+            try:
+                todo = [
+                    e
+                    for e in self.entries
+                    if e.name in self._fps
+                    and not cache.has(e.name, entry_fingerprint(self._fps[e.name], self._feat_fp))
+                ]
+            except CacheUnreadableError as exc:
+                cache.close()
+                if attempt:
+                    raise
+                self._set_aside(path, exc)
+                continue
+            return cache, todo
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
         """Describe the images without a valid cache entry; returns (computed, cached)."""
-        with self._open_cache(cache_path) as cache:
-            todo = [
-                e
-                for e in self.entries
-                if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
-            ]
+        self._fps, self._feat_fp = fps, feat_fp
+        cache, todo = self._open_cache(cache_path)
+        with cache:
             cached = sum(1 for e in self.entries if e.name in fps) - len(todo)
             logger.info("features: %d images to describe, %d in the cache %s", len(todo), cached, cache_path)
             if not todo:
@@ -220,7 +257,7 @@ class BatchRun(Iterator[PairResult]):
             with _bar(self.progress, total=len(jobs), desc="features", unit="img") as bar:
                 for out in self.runner.features(jobs):
                     if out.error is not None:
-                        logger.warning("%s", out.error)
+                        logger.info("%s", out.error)  # reported once, by the caller (run.failed)
                         self.failed[out.name] = out.error
                     else:
                         cache.put(out.name, out.features, fps[out.name], feat_fp, self.config.cache_dtype)
