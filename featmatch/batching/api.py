@@ -14,6 +14,7 @@ The run, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -241,6 +242,23 @@ class BatchRun(Iterator[PairResult]):
             return cache, todo
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @contextlib.contextmanager
+    def _damage_ends_the_run(self, cache_path: Path):
+        """An entry that cannot be read while pairs are made or matched: the run stops (exit code
+        2), the cache is set aside, and the next run rebuilds it; finished lines stay in RESULTS."""
+        try:
+            yield
+        except CacheUnreadableError as exc:
+            self.runner.close()  # the workers hold the file open
+            aside = cache_path.with_name(cache_path.name + ".corrupt")
+            try:
+                cache_path.replace(aside)
+            except OSError:
+                raise ConfigError(f"{exc}; delete it and run the same command again") from None
+            raise ConfigError(
+                f"{exc}; moved it to '{aside}': run the same command again to rebuild it (finished results are kept)"
+            ) from None
+
     def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
         """Describe the images without a valid cache entry; returns (computed, cached)."""
         self._fps, self._feat_fp = fps, feat_fp
@@ -301,7 +319,8 @@ class BatchRun(Iterator[PairResult]):
             opts_fp = match_fingerprint(self.config, feat_fp)
             fps = self._fingerprints()
             state["f_computed"], state["f_cached"] = self._features(cache_path, fps, feat_fp)
-            pairs = self._pairs(cache_path)
+            with self._damage_ends_the_run(cache_path):
+                pairs = self._pairs(cache_path)
             state["pairs"] = len(pairs)
             log = ResultsLog(self.output) if self.output is not None else None
 
@@ -339,9 +358,10 @@ class BatchRun(Iterator[PairResult]):
             with _bar(self.progress, total=len(good), desc="matching", unit="pair", smoothing=0.05) as bar:
                 try:
                     if good:
-                        for r in self.runner.match(good, str(cache_path)):
-                            yield record(r)
-                            bar.update(1)
+                        with self._damage_ends_the_run(cache_path):
+                            for r in self.runner.match(good, str(cache_path)):
+                                yield record(r)
+                                bar.update(1)
                 finally:
                     state["match_s"] = time.perf_counter() - t_match
             state["complete"] = state["skipped"] + state["computed"] == state["pairs"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..detect import Keypoints
-from ..errors import ConfigError, FeatmatchError
+from ..errors import ConfigError, FeatmatchError, printable
 from ..pipeline import Features
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class FeatureCache:
             if key not in self._file:
                 return None
             return str(self._file[key].attrs.get("fingerprint", "")) or None
-        except (OSError, RuntimeError, KeyError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def has(self, name: str, fingerprint: str) -> bool:
@@ -205,10 +205,10 @@ class FeatureCache:
             )
             desc = g["descriptors"][()].astype(np.float32)
             shape = tuple(int(v) for v in g.attrs["image_shape"])
-        except (OSError, RuntimeError, KeyError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CacheUnreadableError(
-                f"the feature cache '{self.path}' is damaged: the entry of '{name}' cannot be read "
-                f"({_h5_reason(exc)}); run again to rebuild it"
+                f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be read "
+                f"({_h5_reason(exc)})"
             ) from None
         # (N, D) as stored; an image without keypoints has (0, D), which reshape(0, -1) cannot infer
         width = desc.shape[-1] if desc.ndim == 2 else (desc.size // max(len(kps), 1))
