@@ -482,7 +482,7 @@ def test_a_damaged_entry_is_detected_too(tmp_path, monkeypatch):
 
 
 def test_jpeg_bombs_in_a_two_worker_batch_are_refused_in_little_memory(tmp_path):
-    """Two 52 KB JPEGs claiming 32000x32000: each worker decoded one (11.7 GB system-wide)."""
+    """Two small JPEGs claiming 32000x32000: each worker decoded one (11.7 GB system-wide)."""
     folder = tmp_path / "imgs"
     _photo_folder(folder, 2)
     for k in range(2):

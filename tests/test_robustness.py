@@ -187,7 +187,7 @@ def cli_run(*args, timeout=300):
 
 
 def test_jpeg_bomb_is_refused_from_its_header_in_little_memory(tmp_path):
-    """A 52 KB JPEG whose header claims 32000x32000: refused before decoding (was 5.9 GB, 13 s)."""
+    """A small JPEG whose header claims 32000x32000: refused before decoding (was 5.9 GB, 13 s)."""
     bomb = write(tmp_path / "bomb.jpg", lying_jpeg(jpeg_bytes(photo()), 32000, 32000))
     r = run_measured([*FEATMATCH, "match", bomb, ROOFS2, "-d", "sift"])
     assert r["rc"] == 2, r
