@@ -203,43 +203,39 @@ class BatchRun(Iterator[PairResult]):
         logger.info("%s", message)
         self.warnings.append(message)
 
-    def _set_aside(self, path: Path, why: CacheUnreadableError) -> None:
-        """Move a damaged cache out of the way (``<cache>.corrupt``), keeping it for inspection."""
+    @staticmethod
+    def _move_aside(path: Path, why: CacheUnreadableError) -> Path:
+        """Move a damaged cache out of the way (``<cache>.corrupt``, kept for inspection)."""
         aside = path.with_name(path.name + ".corrupt")
         try:
             path.replace(aside)
         except OSError as exc:
             raise ConfigError(f"{why}; it could not be moved aside ({exc.strerror or exc}): delete it") from None
-        self._warn(f"{why}; moved it to '{aside}' and rebuilding it (finished results are kept)")
+        return aside
 
-    def _open_cache(self, path: Path) -> tuple[FeatureCache, list[ImageEntry]]:
+    def _open_cache(self, path: Path, fps: dict[str, str], feat_fp: str) -> tuple[FeatureCache, list[ImageEntry]]:
         """Open the cache for writing and find the images to describe.
 
         A cache that cannot be read (a crash or a full disk cut a write short) is set aside and
         rebuilt: that costs the features, never a finished result line.
         """
         for attempt in range(2):
+            cache = None
             try:
                 cache = FeatureCache(path, "a")
-            except CacheUnreadableError as exc:
-                if attempt:
-                    raise
-                self._set_aside(path, exc)
-                continue
-            try:
                 todo = [
                     e
                     for e in self.entries
-                    if e.name in self._fps
-                    and not cache.has(e.name, entry_fingerprint(self._fps[e.name], self._feat_fp))
+                    if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
                 ]
+                return cache, todo
             except CacheUnreadableError as exc:
-                cache.close()
+                if cache is not None:
+                    cache.close()
                 if attempt:
                     raise
-                self._set_aside(path, exc)
-                continue
-            return cache, todo
+                aside = self._move_aside(path, exc)
+                self._warn(f"{exc}; moved it to '{aside}' and rebuilding it (finished results are kept)")
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
@@ -250,19 +246,14 @@ class BatchRun(Iterator[PairResult]):
             yield
         except CacheUnreadableError as exc:
             self.runner.close()  # the workers hold the file open
-            aside = cache_path.with_name(cache_path.name + ".corrupt")
-            try:
-                cache_path.replace(aside)
-            except OSError:
-                raise ConfigError(f"{exc}; delete it and run the same command again") from None
+            aside = self._move_aside(cache_path, exc)
             raise ConfigError(
                 f"{exc}; moved it to '{aside}': run the same command again to rebuild it (finished results are kept)"
             ) from None
 
     def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
         """Describe the images without a valid cache entry; returns (computed, cached)."""
-        self._fps, self._feat_fp = fps, feat_fp
-        cache, todo = self._open_cache(cache_path)
+        cache, todo = self._open_cache(cache_path, fps, feat_fp)
         with cache:
             cached = sum(1 for e in self.entries if e.name in fps) - len(todo)
             logger.info("features: %d images to describe, %d in the cache %s", len(todo), cached, cache_path)
