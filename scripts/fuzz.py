@@ -296,6 +296,7 @@ def one_input(i, family, ctx) -> tuple[int, str, bytes]:
     cache = out.with_name(out.stem + ".features.h5")
     finished = out.read_bytes()
     _damage(cache, rng)
+    data = cache.read_bytes()  # on a failure, the damaged cache is what is worth keeping
     code, text = _batch_outcome(folder, out, names, "flat.png")
     if code == 2 and "run the same command again" in text:  # stopped with one line: the next run completes
         code, text = _batch_outcome(folder, out, names, "flat.png")

@@ -481,6 +481,32 @@ def test_a_damaged_entry_is_detected_too(tmp_path, monkeypatch):
     assert len(list(rerun)) == 3 and rerun.summary.skipped == 1 and rerun.summary.features_computed == 3
 
 
+def test_a_cache_that_fails_on_write_is_rebuilt(tmp_path, monkeypatch):
+    """Found by scripts/fuzz.py: flipped bytes that only show when an entry is replaced
+    (h5py: KeyError "Couldn't delete link (bad heap free list)") ended the run as a bug (exit 1)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 3)
+    out = tmp_path / "r.jsonl"
+    calls = []
+    real_put = FeatureCache._put
+
+    def damaged_once(self, *args):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyError("Couldn't delete link (bad heap free list)")
+        return real_put(self, *args)
+
+    monkeypatch.setattr(FeatureCache, "_put", damaged_once)
+    run = batch(folder, "exhaustive", out, descriptor="sift", workers=1)
+    results = list(run)
+    assert len(results) == 3 and all(r.status == "verified" for r in results)
+    (warning,) = run.warnings
+    assert "cannot be written (Couldn't delete link (bad heap free list))" in warning and "rebuilding" in warning
+    assert run.summary.features_computed == 3 and len(calls) == 2 + 3  # the second attempt starts afresh
+    cache = default_cache_path(out)
+    assert cache.with_name(cache.name + ".corrupt").exists()
+
+
 def test_jpeg_bombs_in_a_two_worker_batch_are_refused_in_little_memory(tmp_path):
     """Two small JPEGs claiming 32000x32000: each worker decoded one (11.7 GB system-wide)."""
     folder = tmp_path / "imgs"

@@ -213,31 +213,6 @@ class BatchRun(Iterator[PairResult]):
             raise ConfigError(f"{why}; it could not be moved aside ({exc.strerror or exc}): delete it") from None
         return aside
 
-    def _open_cache(self, path: Path, fps: dict[str, str], feat_fp: str) -> tuple[FeatureCache, list[ImageEntry]]:
-        """Open the cache for writing and find the images to describe.
-
-        A cache that cannot be read (a crash or a full disk cut a write short) is set aside and
-        rebuilt: that costs the features, never a finished result line.
-        """
-        for attempt in range(2):
-            cache = None
-            try:
-                cache = FeatureCache(path, "a")
-                todo = [
-                    e
-                    for e in self.entries
-                    if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
-                ]
-                return cache, todo
-            except CacheUnreadableError as exc:
-                if cache is not None:
-                    cache.close()
-                if attempt:
-                    raise
-                aside = self._move_aside(path, exc)
-                self._warn(f"{exc}; moved it to '{aside}' and rebuilding it (finished results are kept)")
-        raise AssertionError("unreachable")  # pragma: no cover
-
     @contextlib.contextmanager
     def _damage_ends_the_run(self, cache_path: Path):
         """An entry that cannot be read while pairs are made or matched: the run stops (exit code
@@ -252,9 +227,29 @@ class BatchRun(Iterator[PairResult]):
             ) from None
 
     def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
-        """Describe the images without a valid cache entry; returns (computed, cached)."""
-        cache, todo = self._open_cache(cache_path, fps, feat_fp)
-        with cache:
+        """Describe the images without a valid cache entry; returns (computed, cached).
+
+        A cache that cannot be read or written (a crash or a full disk cut a write short, bytes
+        damaged on disk) is set aside and rebuilt: that costs the features, never a finished
+        result line.
+        """
+        for attempt in range(2):
+            try:
+                return self._describe(cache_path, fps, feat_fp)
+            except CacheUnreadableError as exc:
+                if attempt:
+                    raise
+                aside = self._move_aside(cache_path, exc)
+                self._warn(f"{exc}; moved it to '{aside}' and rebuilding it (finished results are kept)")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
+        with FeatureCache(cache_path, "a") as cache:
+            todo = [
+                e
+                for e in self.entries
+                if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
+            ]
             cached = sum(1 for e in self.entries if e.name in fps) - len(todo)
             logger.info("features: %d images to describe, %d in the cache %s", len(todo), cached, cache_path)
             if not todo:

@@ -37,6 +37,10 @@ from ..pipeline import Features
 logger = logging.getLogger(__name__)
 
 
+#: What h5py raises for a damaged file, depending on where the damage is.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
 class CacheUnreadableError(ConfigError):
     """An existing cache file cannot be read as HDF5 (e.g. a crash cut a write short)."""
 
@@ -160,9 +164,17 @@ class FeatureCache:
         self.close()
 
     def close(self) -> None:
+        """Close the file.
+
+        Raises:
+            CacheUnreadableError: HDF5 could not write its metadata back (a damaged file).
+        """
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except _H5_ERRORS as exc:
+                raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def fingerprint(self, name: str) -> str | None:
         """The stored fingerprint of ``name``'s entry, or None when there is no entry.
@@ -175,7 +187,7 @@ class FeatureCache:
             if key not in self._file:
                 return None
             return str(self._file[key].attrs.get("fingerprint", "")) or None
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        except _H5_ERRORS as exc:
             raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def has(self, name: str, fingerprint: str) -> bool:
@@ -205,7 +217,7 @@ class FeatureCache:
             )
             desc = g["descriptors"][()].astype(np.float32)
             shape = tuple(int(v) for v in g.attrs["image_shape"])
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        except _H5_ERRORS as exc:
             raise CacheUnreadableError(
                 f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be read "
                 f"({_h5_reason(exc)})"
@@ -221,9 +233,22 @@ class FeatureCache:
     def put(
         self, name: str, features: Features, image_fingerprint: str, feature_fingerprint: str, dtype: str = "float16"
     ) -> None:
-        """Write (or replace) the entry of ``name``."""
+        """Write (or replace) the entry of ``name``.
+
+        Raises:
+            CacheUnreadableError: the file's structures are damaged (HDF5 cannot update them).
+        """
         if self.mode != "a":
             raise ConfigError(f"the feature cache '{self.path}' is open read-only")
+        try:
+            self._put(name, features, image_fingerprint, feature_fingerprint, dtype)
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(
+                f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be written "
+                f"({_h5_reason(exc)})"
+            ) from None
+
+    def _put(self, name: str, features: Features, image_fingerprint: str, feature_fingerprint: str, dtype: str) -> None:
         key = group_key(name)
         if key in self._file:
             del self._file[key]
@@ -243,12 +268,16 @@ class FeatureCache:
         self._lru.pop(name, None)
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
 
 def _h5_reason(exc: BaseException) -> str:
     """h5py's message without its ``Unable to open file (...)`` wrapper, on one line."""
-    text = " ".join(str(exc).split())
+    raw = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = " ".join(raw.split())  # (str() of a KeyError would quote its message)
     for prefix in ("Unable to open file (", "Unable to synchronously open file ("):
         if text.startswith(prefix) and text.endswith(")"):
             return text[len(prefix) : -1]
