@@ -14,6 +14,15 @@ Submodules are imported on first use, so ``import featmatch`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+
+# A second guard against decompression bombs (featmatch.headers reads the common formats'
+# headers first): OpenCV refuses images above this many pixels before decoding them. OpenCV
+# reads the variable once, when it loads, so this only helps when featmatch is imported
+# before cv2; a value the user set is kept. Keep it equal to featmatch.imageio.MAX_PIXELS.
+if "cv2" not in sys.modules:
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "200000000")
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ import time
 import click
 
 from . import __version__
-from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError
+from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, printable
 from .options import descriptor_option, max_tilt_option, pipeline_options
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
@@ -58,7 +58,7 @@ class FeatmatchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FeatmatchError as exc:
-            click.echo(f"featmatch: error: {exc}", err=True)
+            click.echo(f"featmatch: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -69,7 +69,7 @@ class FeatmatchGroup(click.Group):
             if os.environ.get("FEATMATCH_DEBUG"):
                 raise
             click.echo(
-                f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {exc} "
+                f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {printable(exc)} "
                 "(set FEATMATCH_DEBUG=1 for the traceback)",
                 err=True,
             )
@@ -97,6 +97,10 @@ def cli(verbose: int) -> None:
     """
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(name)s: %(message)s")
+    if verbose < 2:  # OpenCV's own log lines would come before featmatch's one-line message
+        from .imageio import quiet_opencv
+
+        quiet_opencv()
 
 
 @cli.command("match")
@@ -152,6 +156,11 @@ def match_command(
     from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
     from .pipeline import Matcher
+    from .plot import check_output_path
+
+    for option, target in (("--plot", plot), ("--warp", warp)):
+        if target:  # before any work: a bad output path must not cost a whole match
+            check_output_path(target, option)
 
     # One pair in a short-lived process: the cyclic garbage collector only costs time here
     # (while torch is imported); reference counting still frees every array. It is switched

@@ -30,6 +30,8 @@ from .errors import ConfigError
 DEFAULT_MAX_KEYPOINTS = 4000
 #: Default cap on the longer image side used for detection (pixels).
 DEFAULT_MAX_SIDE = 2048
+#: Largest keypoint count or image side OpenCV takes (a C int).
+C_INT_MAX = 2**31 - 1
 #: Largest ``max_tilt`` accepted (ASIFT's own limit: 80 degrees of viewpoint change).
 MAX_TILT_LIMIT = 5.7
 
@@ -65,10 +67,12 @@ class DetectConfig:
             raise ConfigError(f"view_keypoints must be 0 (same as max_keypoints) or more, got {self.view_keypoints}")
         if not 1.0 <= self.max_tilt <= MAX_TILT_LIMIT:
             raise ConfigError(f"max_tilt must be between 1 (off) and {MAX_TILT_LIMIT:g}, got {self.max_tilt}")
-        if self.max_keypoints < 1:
-            raise ConfigError(f"max_keypoints must be at least 1, got {self.max_keypoints}")
-        if self.max_side < 64:
-            raise ConfigError(f"max_side must be at least 64 pixels, got {self.max_side}")
+        if not 1 <= self.max_keypoints <= C_INT_MAX:
+            raise ConfigError(f"max_keypoints must be between 1 and {C_INT_MAX}, got {self.max_keypoints}")
+        if not 64 <= self.max_side <= C_INT_MAX:
+            raise ConfigError(f"max_side must be between 64 and {C_INT_MAX} pixels, got {self.max_side}")
+        if self.view_keypoints > C_INT_MAX:
+            raise ConfigError(f"view_keypoints must be at most {C_INT_MAX}, got {self.view_keypoints}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,25 @@ EXIT_INPUT = 2
 EXIT_NO_HOMOGRAPHY = 3
 
 
+def printable(text: object) -> str:
+    """``text`` as one printable line: what error messages show of paths and names.
+
+    Control characters (a newline in a file name, an escape sequence) are shown escaped
+    (``\\n``, ``\\x1b``), and the bytes of a file name that is not valid UTF-8 (which Python
+    decodes with ``surrogateescape``) as ``\\xff``; everything else is kept as it is.
+    """
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
 class FeatmatchError(Exception):
     """Base class of the errors a user can cause; ``exit_code`` is what the CLI returns."""
 
@@ -26,7 +45,7 @@ class ImageReadError(FeatmatchError):
     def __init__(self, path: object, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot use image '{path}': {reason}")
+        super().__init__(f"cannot use image '{printable(path)}': {reason}")
 
 
 class ConfigError(FeatmatchError):

@@ -8,6 +8,7 @@ reason and no matrix: a wrong homography is never presented as right.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import cv2
@@ -60,8 +61,8 @@ class GeometryConfig:
             raise ConfigError(f"min_support must be in [0, 1), got {self.min_support}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method '{self.method}'; choose one of {', '.join(sorted(METHODS))}")
-        if self.threshold <= 0:
-            raise ConfigError(f"threshold must be positive, got {self.threshold}")
+        if not 0 < self.threshold < math.inf:  # also refuses nan
+            raise ConfigError(f"threshold must be a finite number above 0 pixels, got {self.threshold}")
         if self.min_inliers < 4:
             raise ConfigError(f"min_inliers must be at least 4 (a homography needs 4 points), got {self.min_inliers}")
 

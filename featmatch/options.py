@@ -6,14 +6,26 @@ knobs; they are defined once here so that names, ranges, defaults and help stay 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import click
 
 from .describe import DEVICES, PRECISIONS
-from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, MAX_TILT_LIMIT
+from .detect import C_INT_MAX, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, MAX_TILT_LIMIT
 from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
 from .match import DEFAULT_RATIO
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses ``nan`` and ``inf`` (click's range checks let
+    ``nan`` through, since every comparison with it is false): exit code 2 before any work."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
 
 
 def descriptor_names() -> list[str]:
@@ -42,7 +54,7 @@ def max_tilt_option(
 ) -> Callable:
     return click.option(
         name,
-        type=click.FloatRange(1.0, MAX_TILT_LIMIT),
+        type=FiniteFloatRange(1.0, MAX_TILT_LIMIT),
         default=default,
         show_default=True,
         help=help,
@@ -56,14 +68,14 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
         click.option(
             "--max-keypoints",
             "-n",
-            type=click.IntRange(min=1),
+            type=click.IntRange(1, C_INT_MAX),
             default=DEFAULT_MAX_KEYPOINTS,
             show_default=True,
             help="Keep at most this many keypoints per image, the strongest first.",
         ),
         click.option(
             "--max-side",
-            type=click.IntRange(min=64),
+            type=click.IntRange(64, C_INT_MAX),
             default=DEFAULT_MAX_SIDE,
             show_default=True,
             help="Images larger than this (longer side, pixels) are downscaled for detection; "
@@ -71,7 +83,7 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
         ),
         click.option(
             "--ratio",
-            type=click.FloatRange(0.0, 1.0, min_open=True),
+            type=FiniteFloatRange(0.0, 1.0, min_open=True),
             default=DEFAULT_RATIO,
             show_default=True,
             help="Lowe's ratio test: keep a match if nearest < RATIO x second nearest distance (1 disables).",
@@ -91,14 +103,15 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
         ),
         click.option(
             "--threshold",
-            type=click.FloatRange(min=0.0, min_open=True),
+            type=FiniteFloatRange(min=0.0, min_open=True),
             default=DEFAULT_THRESHOLD,
             show_default=True,
-            help="RANSAC reprojection threshold in pixels.",
+            help="RANSAC reprojection threshold in pixels: a finite number above 0 (nan and inf are refused: "
+            "an infinite threshold would make every match an inlier).",
         ),
         click.option(
             "--min-inliers",
-            type=click.IntRange(min=4),
+            type=click.IntRange(4, C_INT_MAX),
             default=min_inliers,
             show_default=True,
             help=min_inliers_help or "Fewest inliers for a homography to be reported.",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import FeatmatchError
+from .errors import FeatmatchError, printable
 
 GREEN = (60, 200, 60)
 RED = (40, 40, 230)
@@ -64,16 +67,118 @@ def warp_overlay(color1: np.ndarray, color2: np.ndarray, H: np.ndarray) -> np.nd
     return out
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an image; an unwritable path or unknown extension is a :class:`FeatmatchError`."""
+#: Extension -> whether OpenCV can encode a colour image with it (probed once per extension).
+_ENCODABLE: dict[str, bool] = {}
+
+
+def _can_encode(ext: str) -> bool:
+    ext = ext.lower()
+    if ext not in _ENCODABLE:
+        try:  # a 64x64 colour image: what every output of featmatch is (JPEG 2000 needs > 32 px)
+            ok, _ = cv2.imencode(ext, np.zeros((64, 64, 3), np.uint8))
+        except cv2.error:
+            ok = False
+        _ENCODABLE[ext] = bool(ok)
+    return _ENCODABLE[ext]
+
+
+def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check, before any work, that an image can be written to ``path``.
+
+    Checks that it is not a folder, that its folder exists and takes new files (a temporary
+    file is created and removed there), that an existing file there is writable, and that
+    OpenCV can encode a colour image with its extension.
+
+    Args:
+        path: where the image will be written (any file name the OS takes, UTF-8 or not).
+        what: the option, for the message (``--plot``, ``--warp``, ``-o``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FeatmatchError: (exit code 2) the one-line reason.
+    """
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise FeatmatchError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+    shown = printable(path)
+    folder = path.parent
+    if path.is_dir():
+        raise FeatmatchError(f"cannot write {what} '{shown}': it is a folder; give a file name such as out.png")
+    if not _can_encode(path.suffix):
+        ext = f"extension '{printable(path.suffix)}'" if path.suffix else "a name without an extension"
+        raise FeatmatchError(
+            f"cannot write {what} '{shown}': OpenCV cannot encode a colour image with {ext}; use .png or .jpg"
+        )
+    if not folder.is_dir():
+        why = "does not exist" if not folder.exists() else "is not a folder"
+        raise FeatmatchError(f"cannot write {what} '{shown}': folder '{printable(folder)}' {why}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FeatmatchError(f"cannot write {what} '{shown}': the file exists and is read-only")
     try:
-        ok = cv2.imwrite(str(path), image)
+        fd, probe = _create_temporary(path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FeatmatchError(
+            f"cannot write {what} '{shown}': folder '{printable(folder)}' is not writable ({exc.strerror or exc})"
+        ) from None
+    return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` (same folder, so that a rename onto ``path`` is atomic)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp  # umask applies
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")  # pragma: no cover
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers see the old file or the complete new one, never a part; a failure leaves no file.
+
+    Raises:
+        OSError: the folder is not writable, the disk is full, ...
+    """
+    path = Path(path)
+    fd, tmp = _create_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Encode an image in memory and write it atomically (temporary file + rename).
+
+    OpenCV only encodes; Python writes the bytes, so any file name the OS accepts works
+    (OpenCV's own ``imwrite`` crashes on names that are not UTF-8), and a failed write never
+    leaves a half-written file.
+
+    Raises:
+        FeatmatchError: the path is unusable (see :func:`check_output_path`), the image cannot
+            be encoded in that format, or the write failed (the message says why).
+    """
+    path = check_output_path(path)
+    shown = printable(path)
+    try:
+        ok, buf = cv2.imencode(path.suffix, image)
     except cv2.error:
         ok = False
     if not ok:
-        raise FeatmatchError(
-            f"cannot write '{path}': not writable, or the extension is not an image format (.png, .jpg)"
-        )
+        h, w = image.shape[:2]
+        raise FeatmatchError(f"cannot write '{shown}': OpenCV cannot encode this {w}x{h} image as '{path.suffix}'")
+    try:
+        write_bytes_atomically(path, memoryview(buf.reshape(-1)))
+    except OSError as exc:
+        raise FeatmatchError(f"cannot write '{shown}': {exc.strerror or exc}") from None

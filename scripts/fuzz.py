@@ -2,22 +2,41 @@
 """Fuzz featmatch's input handling: random and mutated image files through the CLI and the API.
 
 Every input must end in success (exit 0), a clean input error (exit 2) or "no homography"
-(exit 3): never a traceback, an internal error (exit 1) or a hang.
+(exit 3): never a traceback, an internal error (exit 1) or a hang. The families of inputs:
 
-    python scripts/fuzz.py --count 10000            # the long run (a few minutes)
-    python scripts/fuzz.py --count 200 --seed 1     # what the test suite runs
+* ``mutated``: random bytes, truncations, flipped header and body bytes, deleted and inserted
+  chunks of small JPEG/PNG/16-bit PNG/RGBA PNG/TIFF/float TIFF/BMP/WebP seeds (CLI and API);
+* ``lying-header``: seeds whose header claims another size (JPEG SOF, PNG IHDR with a valid
+  CRC, BMP, PGM, GIF): a claim above 200 MP must be refused (exit 2) without decoding, in
+  little memory;
+* ``non-utf8-name``: a seed or a mutated file under a name that is not UTF-8 (or holds a
+  newline), matched with ``--plot``/``--warp`` to such names: written, or one line on exit 2;
+* ``batch-no-keypoints``: a batch with a flat (keypoint-less) image and a mutated one: every
+  pair gets a result line, those of the flat image ``"homography": null``;
+* ``damaged-cache``: a finished batch whose HDF5 cache is then truncated, zeroed, overwritten
+  or has flipped bytes: the rerun keeps every finished line and completes (or stops with one
+  line and completes the time after).
+
+    python scripts/fuzz.py --count 10000            # the long run
+    python scripts/fuzz.py --count 300 --seed 1     # what the test suite runs
 
 Prints a summary line ``fuzz: N inputs, ok X, input-error Y, no-homography Z, failures F``
-and exits 1 if anything failed.
+(and the inputs per family) and exits 1 if anything failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +48,14 @@ SEED_IMAGE = REPO / "examples" / "roofs1.jpg"
 PARTNER = REPO / "examples" / "roofs2.jpg"
 #: Per-input time limit in seconds; passing it counts as a hang.
 TIME_LIMIT = 30
+#: Largest growth of the process's peak memory one input may cause (a bomb that got decoded).
+MEMORY_LIMIT_MB = 1000
+#: featmatch's pixel cap (featmatch.imageio.MAX_PIXELS): larger claims must be refused.
+MAX_PIXELS = 200_000_000
+#: Out of every 20 inputs: how many of each family (the rest are ``mutated``).
+FAMILY_SLOTS = {3: "lying-header", 13: "lying-header", 7: "non-utf8-name", 17: "non-utf8-name"}
+FAMILY_SLOTS.update({9: "batch-no-keypoints", 19: "damaged-cache"})
+FAMILIES = ("mutated", "lying-header", "non-utf8-name", "batch-no-keypoints", "damaged-cache")
 
 
 def seed_files(rng: np.random.Generator) -> list[bytes]:
@@ -79,6 +106,56 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(data)  # unmodified: must succeed or fail cleanly too
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def lying_header(seeds: list[bytes], rng: np.random.Generator) -> tuple[bytes, int]:
+    """A seed whose header claims another size; returns the bytes and the claimed pixel count."""
+    huge = bool(rng.integers(0, 2))
+    if huge:  # beyond the cap: must be refused from the header
+        w, h = (int(v) for v in rng.integers(14143, 65536, 2))
+    else:  # plausible, small: decoders fill (or refuse) what the data does not cover
+        w, h = (int(v) for v in rng.integers(1, 1500, 2))
+    kind = int(rng.integers(0, 5))
+    by_magic = {
+        0: next(d for d in seeds if d[:3] == b"\xff\xd8\xff"),
+        1: next(d for d in seeds if d[:4] == b"\x89PNG"),
+        2: next(d for d in seeds if d[:2] == b"BM"),
+    }
+    if kind == 0:  # JPEG start of frame
+        b = bytearray(by_magic[0])
+        i = 2
+        while i + 9 <= len(b):
+            marker, (length,) = b[i + 1], struct.unpack_from(">H", b, i + 2)
+            if marker in (0xC0, 0xC1, 0xC2):
+                struct.pack_into(">HH", b, i + 5, h, w)
+                break
+            i += 2 + length
+        return bytes(b), w * h
+    if kind == 1:  # PNG IHDR, with its CRC made right again (or left wrong)
+        b = bytearray(by_magic[1])
+        struct.pack_into(">II", b, 16, w, h)
+        if rng.integers(0, 4):
+            b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
+        return bytes(b), w * h
+    if kind == 2:  # BMP
+        b = bytearray(by_magic[2])
+        struct.pack_into("<ii", b, 18, w, -h if rng.integers(0, 2) else h)
+        return bytes(b), w * h
+    if kind == 3:  # PGM: a text header and far too few pixels
+        return f"P5\n{w} {h}\n255\n".encode() + rng.bytes(int(rng.integers(0, 5000))), w * h
+    # GIF: header only; OpenCV may not decode GIFs at all
+    return b"GIF89a" + struct.pack("<HH", w, h) + b"\x00\x00\x00" + rng.bytes(64) + b"\x3b", w * h
+
+
+def odd_name(rng: np.random.Generator, suffix: str) -> str:
+    """A file name that is not UTF-8 (as Python decodes it), sometimes with a newline or a '%'."""
+    raw = bytes(int(v) for v in rng.integers(0x80, 0x100, int(rng.integers(1, 6))))
+    extra = [b"", b"\n", b" %41", b"\t"][int(rng.integers(0, 4))]
+    return os.fsdecode(b"in" + raw + extra + suffix.encode())
+
+
 class Hang(Exception):
     pass
 
@@ -87,40 +164,174 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def run(count: int, seed: int, verbose: bool = False) -> Counter:
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _invoke(runner, cli, args: list) -> tuple[int, str, str]:
+    r = runner.invoke(cli, args)
+    code, err = r.exit_code, r.stderr or ""
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        code, err = 1, repr(r.exception)
+    return code, r.output + err, err
+
+
+def _match_input(runner, cli, path: Path, partner: Path, extra: list | None = None) -> tuple[int, str]:
+    code, text, err = _invoke(
+        runner, cli, ["match", str(path), str(partner), "-d", "sift", "--json", "-n", "300"] + (extra or [])
+    )
+    if code == 2 and err.count("\n") != 1:  # exit 2 prints exactly one line
+        return 1, f"exit 2 with {err.count(chr(10))} lines on stderr: {err[:300]}"
+    return code, text
+
+
+def _batch_outcome(folder: Path, out: Path, names: set[str], flat: str | None) -> tuple[int, str]:
+    """Run a batch over ``folder``; check that every pair has one line (the flat image's: null)."""
+    import featmatch
+    from featmatch.errors import FeatmatchError
+
+    try:
+        results = list(featmatch.batch(folder, "exhaustive", out, descriptor="sift", workers=1, max_keypoints=300))
+    except FeatmatchError as exc:
+        return 2, str(exc)
+    except Exception as exc:  # the fuzz target: any other exception is a failure
+        return 1, f"{type(exc).__name__}: {exc}"
+    pairs = {(r.image1, r.image2) for r in results}
+    if len(pairs) != len(names) * (len(names) - 1) // 2 or len(results) != len(pairs):
+        return 1, f"{len(results)} results for {len(names)} images"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    if {(d["image1"], d["image2"]) for d in lines} != pairs:
+        return 1, "RESULTS does not hold one line per pair"
+    for r in results:
+        if flat in r.pair and (r.homography is not None or r.status == "verified"):
+            return 1, f"a homography for the flat image: {r}"
+    return 0, ""
+
+
+def _batch_folder(tmp: Path, i: int, seeds: list[bytes], rng: np.random.Generator, partner: np.ndarray) -> Path:
+    folder = tmp / f"batch{i % 4}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), partner)
+    cv2.imwrite(str(folder / "b.png"), cv2.flip(partner, 1))
+    cv2.imwrite(str(folder / "flat.png"), np.full((120, 160), int(rng.integers(0, 256)), np.uint8))
+    (folder / "m.jpg").write_bytes(mutate(seeds[int(rng.integers(0, len(seeds)))], rng))
+    return folder
+
+
+def _damage(path: Path, rng: np.random.Generator) -> None:
+    data = bytearray(path.read_bytes())
+    kind = int(rng.integers(0, 4))
+    if kind == 0:  # cut short (a full disk, a kill during a write)
+        data = data[: int(rng.integers(0, len(data)))]
+    elif kind == 1:  # bytes flipped anywhere
+        for j in rng.integers(0, len(data), int(rng.integers(1, 40))):
+            data[j] ^= int(rng.integers(1, 256))
+    elif kind == 2:  # zeroed block
+        j = int(rng.integers(0, len(data)))
+        data[j : j + int(rng.integers(1, 4096))] = bytes(min(len(data) - j, 4096))
+    else:  # not HDF5 at all
+        data = bytearray(rng.bytes(int(rng.integers(0, 4096))))
+    path.write_bytes(bytes(data))
+
+
+def one_input(i, family, ctx) -> tuple[int, str, bytes]:
+    """Run input ``i`` of ``family``; returns (exit code, text, the bytes to keep on failure)."""
+    rng, seeds, tmp, runner, cli = ctx["rng"], ctx["seeds"], ctx["tmp"], ctx["runner"], ctx["cli"]
+    partner_path = ctx["partner_path"]
+    if family == "mutated":
+        data = mutate(seeds[int(rng.integers(0, len(seeds)))], rng)
+        path = tmp / f"input{i % 8}.img"
+        path.write_bytes(data)
+        if i % 2 == 0:
+            code, text = _match_input(runner, cli, path, partner_path)
+            return code, text, data
+        import featmatch
+
+        try:
+            featmatch.estimate_homography(path, partner_path, descriptor="sift", max_keypoints=300)
+            return 0, "", data
+        except featmatch.FeatmatchError:
+            return 2, "", data
+        except Exception as exc:  # the fuzz target: any other exception is a failure
+            return 1, f"{type(exc).__name__}: {exc}", data
+    if family == "lying-header":
+        data, claimed = lying_header(seeds, rng)
+        path = tmp / f"lying{i % 8}.img"
+        path.write_bytes(data)
+        before = _peak_mb()
+        code, text = _match_input(runner, cli, path, partner_path)
+        grew = _peak_mb() - before
+        if claimed > MAX_PIXELS and code != 2:
+            return 1, f"a header claiming {claimed / 1e6:.0f} MP was not refused (exit {code}): {text[:200]}", data
+        if grew > MEMORY_LIMIT_MB:
+            return 1, f"peak memory grew by {grew:.0f} MB for a {len(data)}-byte file", data
+        return code, text, data
+    if family == "non-utf8-name":
+        seed = seeds[int(rng.integers(0, len(seeds)))]
+        data = mutate(seed, rng) if rng.integers(0, 2) else seed
+        folder = tmp / "names"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        path = folder / odd_name(rng, ".img")
+        path.write_bytes(data)
+        plot, warp = folder / odd_name(rng, ".png"), folder / odd_name(rng, ".jpg")
+        code, text = _match_input(runner, cli, path, partner_path, ["--plot", str(plot), "--warp", str(warp)])
+        if code in (0, 3) and not plot.is_file():
+            return 1, f"exit {code} but the plot {plot!r} was not written", data
+        if code == 0 and not warp.is_file():
+            return 1, f"exit 0 but the warp {warp!r} was not written", data
+        return code, text, data
+    folder = _batch_folder(tmp, i, seeds, rng, ctx["partner"])
+    data = (folder / "m.jpg").read_bytes()
+    if family == "non-utf8-name" or rng.integers(0, 3) == 0:
+        os.rename(folder / "a.png", folder / odd_name(rng, ".png"))
+    names = {p.name for p in folder.iterdir()}
+    out = tmp / f"batch{i % 4}.jsonl"
+    for stale in (out, out.with_name(out.stem + ".features.h5")):
+        stale.unlink(missing_ok=True)
+    code, text = _batch_outcome(folder, out, names, "flat.png")
+    if family == "batch-no-keypoints" or code != 0:
+        return (1 if code == 2 else code), text, data  # a batch over bad images must not stop
+    cache = out.with_name(out.stem + ".features.h5")
+    finished = out.read_bytes()
+    _damage(cache, rng)
+    data = cache.read_bytes()  # on a failure, the damaged cache is what is worth keeping
+    code, text = _batch_outcome(folder, out, names, "flat.png")
+    if code == 2 and "run the same command again" in text:  # stopped with one line: the next run completes
+        code, text = _batch_outcome(folder, out, names, "flat.png")
+    if code == 0 and not out.read_bytes().startswith(finished):
+        return 1, "finished RESULTS lines were lost after the cache was damaged", data
+    return (1 if code == 2 else code), text, data
+
+
+def family_of(i: int) -> str:
+    return FAMILY_SLOTS.get(i % 20, "mutated")
+
+
+def run(count: int, seed: int, verbose: bool = False, families: dict | None = None) -> Counter:
+    """Run ``count`` inputs; return the outcome counts (``families``, if given, gets inputs per family)."""
     from click.testing import CliRunner
 
-    import featmatch
     from featmatch.cli import cli
 
     rng = np.random.default_rng(seed)
     seeds = seed_files(rng)
     partner = cv2.resize(cv2.imread(str(PARTNER)), (160, 120), interpolation=cv2.INTER_AREA)
     stats: Counter = Counter()
-    runner = CliRunner()
+    per_family = families if families is not None else Counter()
     signal.signal(signal.SIGALRM, _alarm)
     with tempfile.TemporaryDirectory() as tmp:
         partner_path = Path(tmp) / "partner.png"
         cv2.imwrite(str(partner_path), partner)
+        ctx = dict(rng=rng, seeds=seeds, tmp=Path(tmp), runner=CliRunner(), cli=cli)
+        ctx.update(partner_path=partner_path, partner=partner)
         for i in range(count):
-            data = mutate(seeds[int(rng.integers(0, len(seeds)))], rng)
-            path = Path(tmp) / f"input{i % 8}.img"
-            path.write_bytes(data)
+            family = family_of(i)
             signal.alarm(TIME_LIMIT)
+            data = b""
             try:
-                if i % 2 == 0:
-                    r = runner.invoke(cli, ["match", str(path), str(partner_path), "-d", "sift", "--json", "-n", "300"])
-                    code, text = r.exit_code, r.output + (r.stderr or "")
-                    if r.exception is not None and not isinstance(r.exception, SystemExit):
-                        code, text = 1, repr(r.exception)
-                else:
-                    try:
-                        featmatch.estimate_homography(path, partner_path, descriptor="sift", max_keypoints=300)
-                        code, text = 0, ""
-                    except featmatch.FeatmatchError:
-                        code, text = 2, ""
-                    except Exception as exc:  # the fuzz target: any other exception is a failure
-                        code, text = 1, f"{type(exc).__name__}: {exc}"
+                code, text, data = one_input(i, family, ctx)
             except Hang:
                 code, text = -1, "hang"
             finally:
@@ -130,8 +341,9 @@ def run(count: int, seed: int, verbose: bool = False) -> Counter:
                 outcome = "failure"
                 keep = Path(tmp).parent / f"featmatch-fuzz-failure-{seed}-{i}.img"
                 keep.write_bytes(data)
-                print(f"FAILURE on input {i} (saved to {keep}): code {code}: {text[:300]}", file=sys.stderr)
+                print(f"FAILURE on input {i} ({family}; saved to {keep}): code {code}: {text[:300]}", file=sys.stderr)
             stats[outcome] += 1
+            per_family[family] += 1
             if verbose and (i + 1) % 500 == 0:
                 print(f"{i + 1} inputs: {dict(stats)}", file=sys.stderr)
     return stats
@@ -144,10 +356,12 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     t0 = time.time()
-    stats = run(args.count, args.seed, args.verbose)
+    families: Counter = Counter()
+    stats = run(args.count, args.seed, args.verbose, families)
     print(
         f"fuzz: {args.count} inputs, ok {stats['ok']}, input-error {stats['input-error']}, "
-        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s)"
+        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s); "
+        + ", ".join(f"{f} {families[f]}" for f in FAMILIES)
     )
     return 1 if stats["failure"] else 0
 

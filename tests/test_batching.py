@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -25,6 +26,8 @@ from featmatch.batching.pairs import exhaustive_pairs, read_pairs_file, sequenti
 from featmatch.batching.synthetic import TEST_PHOTOS, corner_error, make_crop_set, overlap_error
 from featmatch.cli import cli
 from featmatch.errors import ConfigError, ModelNotFoundError
+
+from .hostile import FEATMATCH, jpeg_bytes, lying_jpeg, non_utf8, photo, run_measured, stderr_lines
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small and quick: few keypoints per 320x240 crop.
@@ -351,3 +354,249 @@ def test_lazy_exports_and_no_heavy_imports():
     code = "import featmatch, sys; featmatch.batch; print('h5py' in sys.modules, 'ray' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=os.environ)
     assert res.stdout.split() == ["False", "False"], res.stderr
+
+
+# -- round 2: hostile batches (issue 14) -------------------------------------------------------
+# Small folders made from the bundled example photos; each test failed on the code before the fix.
+
+
+def _photo_folder(folder: Path, count: int = 3, side=(320, 240)) -> list[str]:
+    """``count`` overlapping crops of the roofs photos (``p0.jpg``, ``p1.jpg``, ...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for k in range(count):
+        name = f"p{k}.jpg"
+        (folder / name).write_bytes(jpeg_bytes(photo(side, which=1, shift=40 * k)))
+        names.append(name)
+    return names
+
+
+def _cli(*args, timeout=300):
+    cmd = [*FEATMATCH, "batch", *map(os.fsdecode, args)]
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+def test_image_without_keypoints_gives_null_lines_and_keeps_every_other_pair(tmp_path):
+    """A flat image used to crash the run (exit 1, reshape of size 0) and lose every good pair."""
+    folder = tmp_path / "imgs"
+    names = _photo_folder(folder, 3)
+    cv2.imwrite(str(folder / "flat.png"), np.full((240, 320), 90, np.uint8))
+    out = tmp_path / "r.jsonl"
+    res = CliRunner().invoke(cli, ["batch", str(folder), "-o", str(out), "-d", "sift", "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    lines = {(d["image1"], d["image2"]): d for d in _lines(out)}
+    assert len(lines) == 6
+    for pair, d in lines.items():
+        if "flat.png" in pair:
+            assert d["homography"] is None and d["status"] == "no_homography" and "no keypoints" in d["reason"]
+        else:
+            assert d["status"] == "verified" and d["homography"] is not None, d
+    assert sum("flat.png" in p for p in lines) == 3 and set(names) <= {n for p in lines for n in p}
+    with FeatureCache(default_cache_path(out)) as cache:  # the empty entry reads back with its width
+        assert cache.get("flat.png").descriptors.shape == (0, 128)
+
+
+def test_non_utf8_file_names_are_matched_and_stored_losslessly(tmp_path):
+    """Such names crashed the cache (exit 1, UnicodeEncodeError: surrogates not allowed)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 2)
+    odd = non_utf8(folder, b"caf", b".jpg")
+    os.rename(folder / "p1.jpg", odd)
+    out = tmp_path / "r.jsonl"
+    res = _cli(folder, "-o", out, "-d", "sift", "-j", "2", "-q")
+    assert res.returncode == 0, res.stderr
+    (line,) = _lines(out)
+    assert line["status"] == "verified" and line["image2"] == "p0.jpg"  # sorted: "caf..." first
+    name = line["image1"]
+    assert os.fsencode(name) == b"caf\xe9\xff.jpg"  # lossless: the file's own bytes
+    assert (folder / name).exists()
+    with FeatureCache(default_cache_path(out)) as cache:
+        assert group_key(name) == "caf%E9%FF.jpg"
+        assert len(cache.get(name)) > 0
+        assert bytes(cache._file["caf%E9%FF.jpg"].attrs["name"]) == b"caf\xe9\xff.jpg"
+    again = _cli(folder, "-o", out, "-d", "sift", "-j", "1", "-q")
+    assert again.returncode == 0 and "skipped 1 finished pairs, matched 0" in again.stdout
+    listing = tmp_path / "list.txt"  # a list file may name it with the raw bytes
+    listing.write_bytes(b"imgs/p0.jpg\nimgs/caf\xe9\xff.jpg\n")
+    res = _cli(listing, "-o", tmp_path / "l.jsonl", "-d", "sift", "-j", "1", "-q")
+    assert res.returncode == 0, res.stderr
+    assert os.fsencode(_lines(tmp_path / "l.jsonl")[0]["image2"]) == b"imgs/caf\xe9\xff.jpg"
+
+
+def test_group_keys_never_collide():
+    names = ["a%2Eb", "a.b", "caf\udce9", "caf%E9", ".", "%2E", "100%"]
+    keys = [group_key(n) for n in names]
+    assert len(set(keys)) == len(keys)
+    assert all(k.encode("utf-8") for k in keys)
+
+
+def test_truncated_cache_is_moved_aside_and_rebuilt_without_losing_results(tmp_path):
+    """A cut-short cache read as 'in use by another process (HDF5 file lock)', and nothing recovered."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 3)
+    out = tmp_path / "r.jsonl"
+    args = ["batch", str(folder), "-o", str(out), "-d", "sift", "-j", "1", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    finished = out.read_bytes()
+    cache = default_cache_path(out)
+    os.truncate(cache, cache.stat().st_size // 2)  # as a full disk or a kill during a write leaves it
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "in use by another process" not in res.output
+    (warning,) = [line for line in res.stderr.splitlines() if "feature cache" in line]
+    assert "is damaged (truncated file" in warning and ".corrupt" in warning and "rebuilding" in warning
+    assert "features 3 computed" in res.stdout and "skipped 3 finished pairs, matched 0" in res.stdout
+    assert out.read_bytes() == finished  # no finished line lost (nor written twice)
+    assert cache.with_name(cache.name + ".corrupt").exists()
+    with FeatureCache(cache) as c:
+        assert all(len(c.get(n)) > 0 for n in ("p0.jpg", "p1.jpg", "p2.jpg"))
+
+
+def test_a_damaged_entry_is_detected_too(tmp_path, monkeypatch):
+    """An entry whose metadata cannot be read counts as a damaged cache (moved aside, rebuilt)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 2)
+    out = tmp_path / "r.jsonl"
+    assert len(list(batch(folder, "exhaustive", out, descriptor="sift", workers=1))) == 1
+    from featmatch.batching.cache import CacheUnreadableError
+
+    def broken(self, name):
+        raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged (bad object header)")
+
+    with monkeypatch.context() as m:
+        m.setattr(FeatureCache, "fingerprint", broken)
+        run = batch(folder, "exhaustive", out, descriptor="sift", workers=1)
+        with pytest.raises(ConfigError, match="bad object header"):  # a second failure is not hidden
+            list(run)
+        assert any("bad object header" in w for w in run.warnings)
+    # an entry whose data cannot be read while matching: the run stops, the cache is set aside
+    (folder / "p2.jpg").write_bytes(jpeg_bytes(photo(shift=80)))
+    cache = default_cache_path(out)
+    with monkeypatch.context() as m:
+        m.setattr(FeatureCache, "get", lambda self, name: broken(self, name))
+        with pytest.raises(ConfigError, match="moved it to .*run the same command again"):
+            list(batch(folder, "exhaustive", out, descriptor="sift", workers=1))
+    assert cache.with_name(cache.name + ".corrupt").exists() and not cache.exists()
+    rerun = batch(folder, "exhaustive", out, descriptor="sift", workers=1)
+    assert len(list(rerun)) == 3 and rerun.summary.skipped == 1 and rerun.summary.features_computed == 3
+
+
+def test_a_cache_that_fails_on_write_is_rebuilt(tmp_path, monkeypatch):
+    """Found by scripts/fuzz.py: flipped bytes that only show when an entry is replaced
+    (h5py: KeyError "Couldn't delete link (bad heap free list)") ended the run as a bug (exit 1)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 3)
+    out = tmp_path / "r.jsonl"
+    calls = []
+    real_put = FeatureCache._put
+
+    def damaged_once(self, *args):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyError("Couldn't delete link (bad heap free list)")
+        return real_put(self, *args)
+
+    monkeypatch.setattr(FeatureCache, "_put", damaged_once)
+    run = batch(folder, "exhaustive", out, descriptor="sift", workers=1)
+    results = list(run)
+    assert len(results) == 3 and all(r.status == "verified" for r in results)
+    (warning,) = run.warnings
+    assert "cannot be written (Couldn't delete link (bad heap free list))" in warning and "rebuilding" in warning
+    assert run.summary.features_computed == 3 and len(calls) == 2 + 3  # the second attempt starts afresh
+    cache = default_cache_path(out)
+    assert cache.with_name(cache.name + ".corrupt").exists()
+
+
+def test_jpeg_bombs_in_a_two_worker_batch_are_refused_in_little_memory(tmp_path):
+    """Two small JPEGs claiming 32000x32000: each worker decoded one (11.7 GB system-wide)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 2)
+    for k in range(2):
+        (folder / f"bomb{k}.jpg").write_bytes(lying_jpeg(jpeg_bytes(photo(which=2)), 32000, 32000 - k))
+    out = tmp_path / "r.jsonl"
+    r = run_measured([*FEATMATCH, "batch", folder, "-o", out, "-d", "sift", "-j", "2", "-q"])
+    assert r["rc"] == 0, r["stderr"]
+    assert r["peak_mb"] < 300, r["peak_mb"]
+    assert "images 4 (2 unusable)" in r["stdout"]
+    for k in range(2):
+        (line,) = [s for s in stderr_lines(r["stderr"]) if f"bomb{k}.jpg" in s]  # reported once
+        assert "from the file's header; not decoded" in line
+    assert [d["status"] for d in _lines(out) if "bomb" not in d["image1"] + d["image2"]] == ["verified"]
+
+
+def test_unusable_images_are_reported_once_and_symlink_loops_counted(tmp_path):
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 2)
+    (folder / "junk.png").write_bytes(b"not an image at all")
+    os.symlink("loop.jpg", folder / "loop.jpg")  # a link to itself
+    os.symlink("missing.jpg", folder / "dead.jpg")
+    os.mkfifo(folder / "pipe.jpg")  # never read: reading it would block
+    out = tmp_path / "r.jsonl"
+    res = _cli(folder, "-o", out, "-d", "sift", "-j", "1", "-q", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "images 5 (3 unusable)" in res.stdout
+    lines = stderr_lines(res.stderr)
+    for name, why in (("junk.png", "not a readable image"), ("loop.jpg", "symbolic link loop"), ("dead.jpg", "broken")):
+        (line,) = [s for s in lines if name in s]
+        assert line.startswith(f"featmatch: warning: skipped image {name}: ") and why in line
+    assert len(lines) == 3
+    assert len(_lines(out)) == 10 and sum(d["status"] == "error" for d in _lines(out)) == 9
+
+
+def test_decoder_chatter_stays_off_stderr(tmp_path):
+    """libjpeg printed 'Corrupt JPEG data: ...' on stderr for a damaged (but decodable) JPEG."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 2)
+    data = bytearray(jpeg_bytes(photo(which=2)))
+    for i in range(2000, 2100, 7):
+        data[i] ^= 0x55
+    (folder / "damaged.jpg").write_bytes(bytes(data))
+    for workers in ("1", "2"):
+        out = tmp_path / f"r{workers}.jsonl"
+        res = _cli(folder, "-o", out, "-d", "sift", "-j", workers, "-q")
+        assert res.returncode == 0, res.stderr
+        assert "Corrupt JPEG" not in res.stderr and "WARN" not in res.stderr, res.stderr
+        assert len(_lines(out)) == 3
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM to the driver", "Ctrl-C to the process group"])
+def test_a_killed_pool_run_stops_cleanly(tmp_path, how):
+    """``kill`` left a multiprocessing 'leaked semaphore' warning (and Ctrl-C, worker tracebacks)."""
+    folder = tmp_path / "imgs"
+    _photo_folder(folder, 10, side=(1280, 960))
+    out = tmp_path / "r.jsonl"
+    cmd = [*FEATMATCH, "batch", str(folder), "-o", str(out), "-d", "sift", "-j", "2", "-q", "-n", "20000"]
+    cmd += ["--max-side", "4000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(_children(proc.pid)) < 3:
+        time.sleep(0.05)  # the resource tracker and both pool workers are up
+    time.sleep(1.0)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    workers = _children(proc.pid)
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode(errors="replace")
+    assert proc.returncode == 130, err
+    assert "leaked semaphore" not in err and "Traceback" not in err, err
+    assert err.strip().endswith("featmatch: interrupted")
+    time.sleep(0.5)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in _state(w)]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"

@@ -14,6 +14,7 @@ The run, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -152,6 +153,11 @@ class BatchRun(Iterator[PairResult]):
 
     Made by :func:`batch`. Closing it (or breaking out of a ``for`` loop and dropping it)
     stops the workers; what was finished stays in RESULTS.
+
+    Attributes:
+        failed: image name -> why it could not be used (each unusable image once; its
+            pairs are ``error`` results).
+        warnings: what the run repaired on the way (e.g. a damaged cache set aside), one line each.
     """
 
     def __init__(self, entries, spec, config, runner, output, cache, limit, progress):
@@ -165,6 +171,7 @@ class BatchRun(Iterator[PairResult]):
         self.progress = progress
         self.summary: BatchSummary | None = None
         self.failed: dict[str, str] = {}
+        self.warnings: list[str] = []
         self._gen = self._run()
 
     def __next__(self) -> PairResult:
@@ -191,19 +198,53 @@ class BatchRun(Iterator[PairResult]):
                 self.failed[e.name] = str(exc)
         return fps
 
-    def _open_cache(self, path: Path) -> FeatureCache:
+    def _warn(self, message: str) -> None:
+        """A notice for the user (the CLI prints each once, after the run); logged at INFO."""
+        logger.info("%s", message)
+        self.warnings.append(message)
+
+    @staticmethod
+    def _move_aside(path: Path, why: CacheUnreadableError) -> Path:
+        """Move a damaged cache out of the way (``<cache>.corrupt``, kept for inspection)."""
+        aside = path.with_name(path.name + ".corrupt")
         try:
-            return FeatureCache(path, "a")
-        except CacheUnreadableError:
-            # A crash while writing can leave an HDF5 file unreadable: set it aside, start afresh.
-            aside = path.with_name(path.name + ".corrupt")
-            logger.warning("feature cache %s is unreadable; moved it to %s and starting a new one", path, aside)
             path.replace(aside)
-            return FeatureCache(path, "a")
+        except OSError as exc:
+            raise ConfigError(f"{why}; it could not be moved aside ({exc.strerror or exc}): delete it") from None
+        return aside
+
+    @contextlib.contextmanager
+    def _damage_ends_the_run(self, cache_path: Path):
+        """An entry that cannot be read while pairs are made or matched: the run stops (exit code
+        2), the cache is set aside, and the next run rebuilds it; finished lines stay in RESULTS."""
+        try:
+            yield
+        except CacheUnreadableError as exc:
+            self.runner.close()  # the workers hold the file open
+            aside = self._move_aside(cache_path, exc)
+            raise ConfigError(
+                f"{exc}; moved it to '{aside}': run the same command again to rebuild it (finished results are kept)"
+            ) from None
 
     def _features(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
-        """Describe the images without a valid cache entry; returns (computed, cached)."""
-        with self._open_cache(cache_path) as cache:
+        """Describe the images without a valid cache entry; returns (computed, cached).
+
+        A cache that cannot be read or written (a crash or a full disk cut a write short, bytes
+        damaged on disk) is set aside and rebuilt: that costs the features, never a finished
+        result line.
+        """
+        for attempt in range(2):
+            try:
+                return self._describe(cache_path, fps, feat_fp)
+            except CacheUnreadableError as exc:
+                if attempt:
+                    raise
+                aside = self._move_aside(cache_path, exc)
+                self._warn(f"{exc}; moved it to '{aside}' and rebuilding it (finished results are kept)")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
+        with FeatureCache(cache_path, "a") as cache:
             todo = [
                 e
                 for e in self.entries
@@ -220,7 +261,7 @@ class BatchRun(Iterator[PairResult]):
             with _bar(self.progress, total=len(jobs), desc="features", unit="img") as bar:
                 for out in self.runner.features(jobs):
                     if out.error is not None:
-                        logger.warning("%s", out.error)
+                        logger.info("%s", out.error)  # reported once, by the caller (run.failed)
                         self.failed[out.name] = out.error
                     else:
                         cache.put(out.name, out.features, fps[out.name], feat_fp, self.config.cache_dtype)
@@ -264,7 +305,8 @@ class BatchRun(Iterator[PairResult]):
             opts_fp = match_fingerprint(self.config, feat_fp)
             fps = self._fingerprints()
             state["f_computed"], state["f_cached"] = self._features(cache_path, fps, feat_fp)
-            pairs = self._pairs(cache_path)
+            with self._damage_ends_the_run(cache_path):
+                pairs = self._pairs(cache_path)
             state["pairs"] = len(pairs)
             log = ResultsLog(self.output) if self.output is not None else None
 
@@ -302,9 +344,10 @@ class BatchRun(Iterator[PairResult]):
             with _bar(self.progress, total=len(good), desc="matching", unit="pair", smoothing=0.05) as bar:
                 try:
                     if good:
-                        for r in self.runner.match(good, str(cache_path)):
-                            yield record(r)
-                            bar.update(1)
+                        with self._damage_ends_the_run(cache_path):
+                            for r in self.runner.match(good, str(cache_path)):
+                                yield record(r)
+                                bar.update(1)
                 finally:
                     state["match_s"] = time.perf_counter() - t_match
             state["complete"] = state["skipped"] + state["computed"] == state["pairs"]

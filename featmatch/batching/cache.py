@@ -7,6 +7,15 @@ and ``descriptors (N, D)`` (float16 or float32), and the attributes ``name``,
 ``fingerprint`` (both together). An entry is used only while its ``fingerprint`` matches: a
 changed image or a changed detector/descriptor option recomputes it.
 
+Names that are not valid UTF-8 (file names decoded by Python with ``surrogateescape``, as
+``os.fsdecode`` does) are stored losslessly: the group key percent-encodes each such byte
+(``%FF``; a literal ``%`` is ``%25``), and the ``name`` attribute holds the raw bytes
+(``os.fsencode(name)``) instead of a string.
+
+A cache that cannot be read (cut short by a full disk or a kill during a write, or not HDF5 at
+all) raises :class:`CacheUnreadableError`; :func:`featmatch.batching.batch` then moves it aside
+and rebuilds it.
+
 h5py is imported when a cache is opened, never at import time. One process writes (the
 driver); workers open the file read-only after the writes are done.
 """
@@ -15,16 +24,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ..detect import Keypoints
-from ..errors import ConfigError, FeatmatchError
+from ..errors import ConfigError, FeatmatchError, printable
 from ..pipeline import Features
 
 logger = logging.getLogger(__name__)
+
+
+#: What h5py raises for a damaged file, depending on where the damage is.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 class CacheUnreadableError(ConfigError):
@@ -44,14 +58,50 @@ def entry_fingerprint(image_fingerprint: str, feature_fingerprint: str) -> str:
     return hashlib.sha1(f"{image_fingerprint}:{feature_fingerprint}".encode()).hexdigest()[:20]
 
 
+def _escape_segment(seg: str) -> str:
+    """``%`` and the bytes of a non-UTF-8 name (surrogate escapes) as ``%XX``: HDF5 keys must be UTF-8."""
+    out = []
+    for ch in seg:
+        code = ord(ch)
+        if ch == "%":
+            out.append("%25")
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of the byte code - 0xDC00
+            out.append(f"%{code - 0xDC00:02X}")
+        elif 0xD800 <= code <= 0xDFFF:  # any other lone surrogate cannot be encoded either
+            out.append(f"%u{code:04X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def group_key(name: str) -> str:
-    """The HDF5 group path of an image name: ``/`` nests groups (as in hloc); odd segments are escaped."""
+    """The HDF5 group path of an image name: ``/`` nests groups (as in hloc); odd segments are escaped.
+
+    ``%``, bytes that are not UTF-8 (``%FF``) and segments made only of dots (``%2E``) are
+    percent-encoded, so that different names never share a key.
+    """
     parts = []
     for seg in name.split("/"):
+        seg = _escape_segment(seg)
         if seg in ("", ".") or set(seg) == {"."}:
             seg = seg.replace(".", "%2E") or "%00"
         parts.append(seg)
     return "/".join(parts)
+
+
+def name_attribute(name: str):
+    """What the ``name`` attribute stores: the name, or its raw bytes when it is not valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return np.bytes_(os.fsencode(name))
+    return name
+
+
+def _is_lock_error(exc: OSError) -> bool:
+    """HDF5's "unable to lock file" (another process has it open), not other errors that mention a "lock"."""
+    text = str(exc).lower()
+    return "unable to lock file" in text or "file locking" in text
 
 
 def strip_features(features: Features, dtype: str = "float32") -> Features:
@@ -96,13 +146,14 @@ class FeatureCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self.path, mode)
         except OSError as exc:
-            if "lock" in str(exc).lower():
+            if _is_lock_error(exc):
                 raise ConfigError(
                     f"the feature cache '{self.path}' is in use by another process (HDF5 file lock); "
                     "wait for it to finish or pass another --cache"
                 ) from None
-            cls = CacheUnreadableError if existed else ConfigError
-            raise cls(f"cannot open the feature cache '{self.path}': {exc}") from None
+            if existed:
+                raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
+            raise ConfigError(f"cannot open the feature cache '{self.path}': {_h5_reason(exc)}") from None
         self._lru: OrderedDict[str, Features] = OrderedDict()
         self._lru_size = lru
 
@@ -113,16 +164,31 @@ class FeatureCache:
         self.close()
 
     def close(self) -> None:
+        """Close the file.
+
+        Raises:
+            CacheUnreadableError: HDF5 could not write its metadata back (a damaged file).
+        """
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except _H5_ERRORS as exc:
+                raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def fingerprint(self, name: str) -> str | None:
-        """The stored fingerprint of ``name``'s entry, or None when there is no entry."""
+        """The stored fingerprint of ``name``'s entry, or None when there is no entry.
+
+        Raises:
+            CacheUnreadableError: the entry's metadata cannot be read (a damaged file).
+        """
         key = group_key(name)
-        if key not in self._file:
-            return None
-        return str(self._file[key].attrs.get("fingerprint", "")) or None
+        try:
+            if key not in self._file:
+                return None
+            return str(self._file[key].attrs.get("fingerprint", "")) or None
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def has(self, name: str, fingerprint: str) -> bool:
         """Whether a valid entry for ``name`` under ``fingerprint`` exists."""
@@ -140,16 +206,25 @@ class FeatureCache:
         key = group_key(name)
         if key not in self._file:
             raise ConfigError(f"the feature cache '{self.path}' has no entry for '{name}'")
-        g = self._file[key]
-        kps = Keypoints(
-            xy=g["keypoints"][()].astype(np.float32).reshape(-1, 2),
-            size=g["scales"][()].astype(np.float32),
-            angle=g["angles"][()].astype(np.float32),
-            response=g["responses"][()].astype(np.float32),
-            scale=float(g.attrs["det_scale"]),
-        )
-        desc = g["descriptors"][()].astype(np.float32)
-        feats = Features(kps, desc.reshape(len(kps), -1), tuple(int(v) for v in g.attrs["image_shape"]))
+        try:
+            g = self._file[key]
+            kps = Keypoints(
+                xy=g["keypoints"][()].astype(np.float32).reshape(-1, 2),
+                size=g["scales"][()].astype(np.float32),
+                angle=g["angles"][()].astype(np.float32),
+                response=g["responses"][()].astype(np.float32),
+                scale=float(g.attrs["det_scale"]),
+            )
+            desc = g["descriptors"][()].astype(np.float32)
+            shape = tuple(int(v) for v in g.attrs["image_shape"])
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(
+                f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be read "
+                f"({_h5_reason(exc)})"
+            ) from None
+        # (N, D) as stored; an image without keypoints has (0, D), which reshape(0, -1) cannot infer
+        width = desc.shape[-1] if desc.ndim == 2 else (desc.size // max(len(kps), 1))
+        feats = Features(kps, desc.reshape(len(kps), width), shape)
         self._lru[name] = feats
         if len(self._lru) > self._lru_size:
             self._lru.popitem(last=False)
@@ -158,9 +233,22 @@ class FeatureCache:
     def put(
         self, name: str, features: Features, image_fingerprint: str, feature_fingerprint: str, dtype: str = "float16"
     ) -> None:
-        """Write (or replace) the entry of ``name``."""
+        """Write (or replace) the entry of ``name``.
+
+        Raises:
+            CacheUnreadableError: the file's structures are damaged (HDF5 cannot update them).
+        """
         if self.mode != "a":
             raise ConfigError(f"the feature cache '{self.path}' is open read-only")
+        try:
+            self._put(name, features, image_fingerprint, feature_fingerprint, dtype)
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(
+                f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be written "
+                f"({_h5_reason(exc)})"
+            ) from None
+
+    def _put(self, name: str, features: Features, image_fingerprint: str, feature_fingerprint: str, dtype: str) -> None:
         key = group_key(name)
         if key in self._file:
             del self._file[key]
@@ -171,7 +259,7 @@ class FeatureCache:
         g.create_dataset("angles", data=np.asarray(k.angle, np.float32))
         g.create_dataset("responses", data=np.asarray(k.response, np.float32))
         g.create_dataset("descriptors", data=np.asarray(features.descriptors).astype(dtype))
-        g.attrs["name"] = name
+        g.attrs["name"] = name_attribute(name)
         g.attrs["image_shape"] = np.asarray(features.image_shape, np.int64)
         g.attrs["det_scale"] = float(k.scale)
         g.attrs["image_fingerprint"] = image_fingerprint
@@ -180,4 +268,17 @@ class FeatureCache:
         self._lru.pop(name, None)
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except _H5_ERRORS as exc:
+            raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
+
+
+def _h5_reason(exc: BaseException) -> str:
+    """h5py's message without its ``Unable to open file (...)`` wrapper, on one line."""
+    raw = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = " ".join(raw.split())  # (str() of a KeyError would quote its message)
+    for prefix in ("Unable to open file (", "Unable to synchronously open file ("):
+        if text.startswith(prefix) and text.endswith(")"):
+            return text[len(prefix) : -1]
+    return text or type(exc).__name__

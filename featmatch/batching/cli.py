@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import click
 
+from ..errors import printable
 from ..options import descriptor_option, pipeline_options
 from .config import BACKENDS, CACHE_DTYPES, DEFAULT_BATCH_DESCRIPTOR
 from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
@@ -124,7 +129,8 @@ def batch_command(
         save_matches=save_matches,
     )
     try:
-        run.run()
+        with _termination_as_interrupt():
+            run.run()
     except KeyboardInterrupt:
         run.close()  # stops the workers; what finished is in OUTPUT
         _report(run, pairs_spec, output, limit)
@@ -132,9 +138,36 @@ def batch_command(
     _report(run, pairs_spec, output, limit)
 
 
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM (``kill``, a job scheduler's timeout) stops the run like Ctrl-C does.
+
+    The worker pool is then shut down properly (no orphaned processes, no leaked semaphores)
+    and every finished pair is already in OUTPUT. A second signal ends the process at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def _report(run, pairs_spec: str, output: str, limit: int | None) -> None:
+    for message in run.warnings:
+        click.echo(f"featmatch: warning: {printable(message)}", err=True)
     for name, why in sorted(run.failed.items()):
-        click.echo(f"featmatch: warning: skipped image {name}: {why}", err=True)
+        click.echo(f"featmatch: warning: skipped image {printable(name)}: {printable(why)}", err=True)
     if run.summary is not None:
         _print_summary(run.summary, pairs_spec, output, limit)
 

@@ -3,10 +3,17 @@
 An image's *name* is what the pairs file and the results use: its path relative to the folder
 (POSIX separators), or the line of the list file as written. Its *fingerprint* identifies the
 file's content, so that a cached entry or a finished result is reused only for the same bytes.
+
+File names that are not valid UTF-8 are kept losslessly, as Python decodes them
+(``os.fsdecode``: each such byte becomes a lone surrogate ``U+DC80..U+DCFF``;
+``os.fsencode(name)`` gives the bytes back). In the RESULTS file they appear as JSON escapes
+(``"caf\\udce9.jpg"`` for the bytes ``caf\\xe9.jpg``), which Python's ``json`` reads back
+unchanged; list and pairs files may hold such names as raw bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -14,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ImageReadError
+from ..errors import ConfigError, ImageReadError, printable
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +54,16 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # broken and looping symbolic links are listed too: they are reported as unusable images,
+            # not silently left out (pipes and other special files are skipped: reading one could block)
+            files = sorted(
+                p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or _dead_link(p))
+            )
             entries = [ImageEntry(p.relative_to(root).as_posix(), p) for p in files]
         elif root.is_file():
             entries = _read_list_file(root)
         else:
-            raise ConfigError(f"'{root}' is neither a folder of images nor a list file")
+            raise ConfigError(f"'{printable(root)}' is neither a folder of images nor a list file")
         where = str(root)
     else:
         entries = [ImageEntry(Path(p).as_posix(), Path(p)) for p in source]
@@ -63,12 +74,20 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     return entries
 
 
+def _dead_link(path: Path) -> bool:
+    """A symbolic link whose target is missing or loops back (``exists()`` is False for both)."""
+    return path.is_symlink() and not path.exists()
+
+
 def _read_list_file(path: Path) -> list[ImageEntry]:
     entries = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"'{path}' is not a text list of image paths (is it an image? pass its folder)") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the image list '{printable(path)}': {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        raise ConfigError(f"'{printable(path)}' is not a text list of image paths (is it an image? pass its folder)")
+    text = data.decode("utf-8", errors="surrogateescape")  # names that are not UTF-8 stay as os.fsdecode has them
     for line in text.splitlines():
         name = line.strip()
         if not name or name.startswith("#"):
@@ -82,7 +101,7 @@ def _check_unique(names: Iterable[str]) -> None:
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise ConfigError(f"image name '{n}' appears twice in the image list")
+            raise ConfigError(f"image name '{printable(n)}' appears twice in the image list")
         seen.add(n)
 
 
@@ -95,10 +114,13 @@ def read_bytes(entry: ImageEntry) -> bytes:
     try:
         return entry.path.read_bytes()
     except FileNotFoundError:
-        raise ImageReadError(entry.path, "no such file") from None
+        why = "broken symbolic link (its target does not exist)" if entry.path.is_symlink() else "no such file"
+        raise ImageReadError(entry.path, why) from None
     except IsADirectoryError:
         raise ImageReadError(entry.path, "is a directory, not an image file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(entry.path, "symbolic link loop (the link leads back to itself)") from None
         raise ImageReadError(entry.path, exc.strerror or str(exc)) from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +102,24 @@ def read_pairs_file(path: str | Path, names: Sequence[str]) -> list[Pair]:
     known = set(names)
     pairs: list[Pair] = []
     seen: set[Pair] = set()
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    # surrogateescape: names that are not UTF-8 come back as the folder listing spells them (os.fsdecode)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the pairs file '{printable(path)}': {exc.strerror or exc}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         parts = text.split("\t") if "\t" in text else text.split()
         if len(parts) != 2:
-            raise ConfigError(f"{path}:{lineno}: expected two image names, got {len(parts)} fields")
+            raise ConfigError(f"{printable(path)}:{lineno}: expected two image names, got {len(parts)} fields")
         a, b = (p.strip() for p in parts)
         for n in (a, b):
             if n not in known:
-                raise ConfigError(f"{path}:{lineno}: '{n}' is not one of the batch's images")
+                raise ConfigError(f"{printable(path)}:{lineno}: '{printable(n)}' is not one of the batch's images")
         if a == b:
-            raise ConfigError(f"{path}:{lineno}: '{a}' is paired with itself")
+            raise ConfigError(f"{printable(path)}:{lineno}: '{printable(a)}' is paired with itself")
         if (a, b) not in seen:
             seen.add((a, b))
             pairs.append((a, b))

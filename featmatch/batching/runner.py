@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from ..errors import ConfigError, FeatmatchError, ImageReadError
-from ..imageio import load_image
+from ..imageio import image_from_bytes, native_stderr_silenced, quiet_opencv
 from ..pipeline import Features, Matcher
 from .cache import FeatureCache, strip_features
 from .config import BatchConfig, weights_id
@@ -124,18 +123,13 @@ def _cap_torch_threads() -> None:
 
 
 def _decode(data: bytes, path: str):
-    if not data:
-        raise ImageReadError(path, "file is empty")
-    try:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    except cv2.error as exc:
-        raise ImageReadError(path, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
-    if arr is None:
-        raise ImageReadError(path, "not a readable image (unknown format, or the file is corrupt or truncated)")
-    try:
-        return load_image(arr)
-    except ImageReadError as exc:
-        raise ImageReadError(path, exc.reason) from None
+    """The file's bytes as an :class:`~featmatch.imageio.Image`, decoded as ``match`` decodes files.
+
+    What C decoders print on stderr (libjpeg's ``Corrupt JPEG data`` ...) is swallowed: the
+    image's one-line outcome is what the user sees.
+    """
+    with native_stderr_silenced():
+        return image_from_bytes(data, path)
 
 
 def compute_features(job: FeatureJob, config: BatchConfig) -> FeatureOutcome:
@@ -152,7 +146,10 @@ def compute_features(job: FeatureJob, config: BatchConfig) -> FeatureOutcome:
                 data = Path(job.path).read_bytes()
             except OSError as exc:
                 raise ImageReadError(job.path, exc.strerror or str(exc)) from None
-        feats = _matcher(config, describe=True).features(_decode(data, job.path))
+        image = _decode(data, job.path)
+        del data
+        feats = _matcher(config, describe=True).features(image)
+        del image
     except ImageReadError as exc:
         return FeatureOutcome(job.name, None, str(exc), (time.perf_counter() - t0) * 1000)
     return FeatureOutcome(job.name, strip_features(feats, config.cache_dtype), None, (time.perf_counter() - t0) * 1000)
@@ -222,6 +219,7 @@ def _restore_threads(old: dict) -> None:
 def _single_threaded() -> None:
     """Once per Ray worker process: one thread for OpenCV, FAISS and torch (Ray gives each task one CPU)."""
     if "threads" not in _STATE:
+        quiet_opencv()
         set_threads(1)
         _STATE["threads"] = 1
 
@@ -244,13 +242,20 @@ def ray_match_chunk(pairs: list[tuple[str, str]], config: BatchConfig, *outcomes
 
 
 def _init_worker(threads: int) -> None:
-    """Pool-worker start: die with the driver (Linux), and use ``threads`` threads."""
+    """Pool-worker start: die with the driver (Linux), leave Ctrl-C to the driver, use ``threads`` threads.
+
+    Ctrl-C reaches every process of the terminal's group; the driver alone handles it, and
+    shuts the pool down in order (a worker that died of it would break the pool mid-task).
+    """
+    import signal
+
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
-            import signal
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_opencv()
     set_threads(threads)
     _STATE["threads"] = threads
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from ..options import descriptor_option, max_tilt_option, pipeline_options
+from ..detect import C_INT_MAX
+from ..options import FiniteFloatRange, descriptor_option, max_tilt_option, pipeline_options
 from .config import (
     BLENDS,
     DEFAULT_BLEND,
@@ -74,18 +75,18 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
 @click.option("--crop/--no-crop", default=False, show_default=True, help="Crop to the largest valid rectangle.")
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
 @click.option(
-    "--focal", type=click.FloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
+    "--focal", type=FiniteFloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
 )
 @click.option(
     "--max-megapixels",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloatRange(min=0.0, min_open=True),
     default=DEFAULT_MAX_MEGAPIXELS,
     show_default=True,
     help="Refuse (exit 3) a panorama canvas larger than this, e.g. from a runaway homography.",
 )
 @click.option(
     "--pairs-per-image",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, C_INT_MAX),
     default=DEFAULT_PAIRS_PER_IMAGE,
     show_default=True,
     help="Above 8 images, match each image with its K best candidates from a FAISS vote.",
@@ -146,16 +147,16 @@ def stitch_command(
     from ..geometry import GeometryConfig
     from ..match import MatchConfig
     from ..pipeline import Matcher
-    from ..plot import write_image
+    from ..plot import check_output_path, write_image
     from .config import StitchConfig, StitchInputError
     from .stitcher import stitch
 
     files = _expand(images)
     if len(files) < 2:
         raise StitchInputError(f"stitching needs at least 2 images, got {len(files)}")
-    out_dir = Path(output).parent
-    if not out_dir.exists():
-        raise StitchInputError(f"cannot write '{output}': folder '{out_dir}' does not exist")
+    check_output_path(output, "-o")  # before any work: a bad output path must not cost a whole stitch
+    if plot:
+        check_output_path(plot, "--plot")
     matcher = Matcher(
         descriptor,
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
