@@ -171,8 +171,57 @@ def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - r
     return label, lambda patches: describe_patches(model, patches)
 
 
+def _whitened_rows(specs: tuple[str, ...] | list[str]) -> list:
+    """``--whiten NAME=FILE`` -> ``(NAME+lw, patches -> descriptors)`` rows (fp32 model + whitening)."""
+    if not specs:
+        return []
+    import torch
+
+    from .whitening import WhitenedModel, Whitening, parse_whiten_specs
+
+    rows = []
+    for name, path in parse_whiten_specs(specs):
+        model = WhitenedModel(name, Whitening.load(path))
+        rows.append((f"{name}+lw", lambda patches, m=model: torch.from_numpy(m.describe_patches(patches))))
+    return rows
+
+
+def _peer_rows(peers: tuple[str, ...] | list[str], peer_dir: Path | None) -> list:
+    """``--peer`` / ``--peer-dir`` -> ``(name, patches -> descriptors)`` rows (weights loaded now)."""
+    if not peers and peer_dir is None:
+        return []
+    import torch
+
+    from ..evaluation.peers import build_peers, peer_paths
+
+    rows = []
+    for name, peer in build_peers(peer_paths(peers, peer_dir)).items():
+        rows.append((name, lambda patches, peer=peer: torch.from_numpy(peer.describe_patches(patches))))
+    return rows
+
+
+def subset_pairs(pairs, max_pairs: int):  # noqa: ANN001, ANN201 - PairSet in, PairSet out
+    """At most ``max_pairs`` pairs, evenly spaced over the set (positives and negatives alike).
+
+    The pairs are stored image pair by image pair, positives then negatives, so an even spacing
+    keeps both labels and every source.
+    """
+    import numpy as np
+    import torch
+
+    from .datasets import PairSet
+
+    if max_pairs < 2:
+        raise ConfigError(f"--max-pairs must be at least 2, got {max_pairs}")
+    if max_pairs >= len(pairs):
+        return pairs
+    idx = torch.from_numpy(np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(np.int64)))
+    return PairSet(pairs.a[idx], pairs.b[idx], pairs.label[idx], pairs.source[idx], pairs.sources)
+
+
 def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Path | None,
-                precision: str = "fp32") -> None:
+                precision: str = "fp32", peers: tuple[str, ...] = (), peer_dir: Path | None = None,
+                max_pairs: int | None = None, whiten: tuple[str, ...] = ()) -> None:
     import numpy as np
 
     from .datasets import build_test_pairs
@@ -180,7 +229,13 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
 
     _setup_logging(None)
     resolved = [_resolve_descriptor(spec, precision) for spec in specs]  # fail on a bad name before building pairs
+    resolved += _whitened_rows(whiten)
+    peer_rows = _peer_rows(peers, peer_dir)
+    peer_names = [name for name, _ in peer_rows]
+    resolved += peer_rows
     pairs = build_test_pairs(data_root, cache_dir)
+    if max_pairs is not None:
+        pairs = subset_pairs(pairs, max_pairs)
     lab = pairs.label.numpy()
     src = pairs.source.numpy()
     real = np.array(["->" in pairs.sources[s] for s in src])
@@ -188,6 +243,8 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
     click.echo(f"test pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) from "
                f"{len(pairs.sources)} image pairs; synthetic: {int((~real & lab).sum())} positive, "
                f"graf1->graf3: {int((real & lab).sum())} positive")
+    if peer_names:
+        click.echo(f"reference rows (published weights): {', '.join(peer_names)}")
     header = f"{'descriptor':<12} {'FPR95 all':>10} {'FPR95 synth':>12} {'FPR95 graf':>11} {'mAP all':>8} {'mAP/pair':>9}"
     click.echo(header)
     click.echo("-" * len(header))
@@ -202,6 +259,7 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
             "fpr95_graf": fpr95(dist[real], lab[real]) if real.any() else float("nan"),
             "map": patch_map(dist, lab),
             "map_per_pair": patch_map(dist, lab, src),
+            "peer": label in peer_names,
         }
         rows.append(row)
         click.echo(f"{label:<12} {row['fpr95']:>10.4f} {row['fpr95_synthetic']:>12.4f} {row['fpr95_graf']:>11.4f} "
@@ -237,11 +295,21 @@ Example:
               help="Also write the table as JSON here.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32", show_default=True,
               help="Arithmetic of the named models: fp32 is the reference; the others run match's inference path.")
+@click.option("--peer", "peers", multiple=True, metavar="NAME=PATH",
+              help="A published descriptor as a reference row (hardtfeat, tfeat), NAME=PATH to its weights; repeatable.")
+@click.option("--peer-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Take every published descriptor from this folder (laid out like ../shared/data).")
+@click.option("--whiten", "whiten", multiple=True, metavar="NAME=FILE",
+              help="Also a row NAME+lw: model NAME followed by the learned whitening FILE (`featmatch whiten`).")
+@click.option("--max-pairs", type=click.IntRange(min=2), default=None,
+              help="Score only this many pairs, evenly spaced over the set (quick checks; not comparable).")
 def eval_patches(descriptors: str, data_root: Path | None, cache_dir: Path | None, json_out: Path | None,
-                 precision: str) -> None:
+                 precision: str, peers: tuple[str, ...], peer_dir: Path | None, whiten: tuple[str, ...],
+                 max_pairs: int | None) -> None:
     from .datasets import DEFAULT_CACHE_DIR, DEFAULT_DATA_ROOT
 
     specs = [s.strip() for s in descriptors.split(",") if s.strip()]
-    if not specs:
+    if not specs and not peers and peer_dir is None and not whiten:
         raise ConfigError("--descriptor needs at least one descriptor")
-    _print_eval(specs, data_root or DEFAULT_DATA_ROOT, cache_dir or DEFAULT_CACHE_DIR, json_out, precision)
+    _print_eval(specs, data_root or DEFAULT_DATA_ROOT, cache_dir or DEFAULT_CACHE_DIR, json_out, precision,
+                peers=peers, peer_dir=peer_dir, max_pairs=max_pairs, whiten=whiten)
