@@ -88,11 +88,15 @@ Examples:
               help="Steps between validation FPR95 checks (0: never).")
 @click.option("--eval-only", is_flag=True, help="Do not train: report FPR95/mAP of --out's weights on the test pairs.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
+              help="Train a grid instead of one model (KEY: batch-size, lr, mining-ratio, beta, gamma, alpha, margin; "
+                   "repeatable): one run folder per cell under --run-dir [default: runs/sweep-<loss>], same steps "
+                   "and seed, weights.pt in each; never writes models/.")
 def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr: float, margin: float, beta: float,
           gamma: float, alpha: float, mining_ratio: float, form: str, seed: int, resume: bool, out: Path | None,
           run_dir: Path | None, data_root: Path | None, cache_dir: Path | None, warps: int, max_keypoints: int,
           workers: int, threads: int | None, device: str, bf16: bool, checkpoint_every: int, val_every: int,
-          eval_only: bool, progress: bool) -> None:
+          eval_only: bool, progress: bool, sweep: tuple[str, ...]) -> None:
     from .datasets import (
         DEFAULT_CACHE_DIR,
         DEFAULT_DATA_ROOT,
@@ -105,10 +109,15 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     from .loop import train as run_training
     from .losses import LossConfig
 
+    from .sweep import parse_sweep
+
+    grid = parse_sweep(sweep)
+    if grid and (out is not None or eval_only):
+        raise ConfigError("--sweep writes weights.pt into each cell's run folder; it takes no --out or --eval-only")
     data_root = data_root or DEFAULT_DATA_ROOT
     cache_dir = cache_dir or DEFAULT_CACHE_DIR
     out = out or _REPO / "models" / f"{loss_name}.pt"
-    run_dir = run_dir or _REPO / "runs" / loss_name
+    run_dir = run_dir or _REPO / "runs" / (f"sweep-{loss_name}" if grid else loss_name)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if eval_only:
@@ -119,12 +128,30 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     cfg = TrainConfig(loss=loss_cfg, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
                       checkpoint_every=checkpoint_every, val_every=val_every, bf16=bf16, device=device, threads=threads)
     warp_cfg = WarpConfig(warps_per_image=warps, max_keypoints=max_keypoints)
+    if grid:  # every cell must be a valid configuration before the dataset is built
+        from .sweep import cell_config, grid_cells
+
+        for cell in grid_cells(grid):
+            cell_config(cfg, cell)
     _setup_logging(run_dir)
     t0 = time.time()
     dataset = build_warp_dataset(train_photos(data_root), warp_cfg, cache_dir=cache_dir, workers=workers,
                                  progress=progress)
     click.echo(f"dataset: {len(dataset)} patches of {dataset.num_points} points ({time.time() - t0:.0f} s)", err=True)
     val_pairs = build_val_pairs(data_root, cache_dir) if val_every else None
+    if grid:
+        from .sweep import run_sweep
+
+        records = run_sweep(dataset, cfg, grid, run_dir, val_pairs=val_pairs, resume=resume, progress=progress,
+                            log=lambda msg: click.echo(msg, err=True))
+        for r in records:
+            val = "-" if r["val_fpr95"] is None else f"{r['val_fpr95']:.4f}"
+            click.echo(f"{Path(r['run_dir']).name}: {r['steps']} steps in {r['wall_s'] / 60:.1f} min, last loss "
+                       f"{r['last_loss']:.4f}, validation FPR95 {val}; weights {r['weights']}")
+        specs = ",".join(f"{Path(r['run_dir']).name}={r['weights']}" for r in records)
+        click.echo(f"sweep summary: {run_dir / 'sweep.json'}; score on the test pairs with: "
+                   f"featmatch eval-patches --descriptor {specs}")
+        return
     result = run_training(dataset, cfg, run_dir, out=out, val_pairs=val_pairs, resume=resume, progress=progress)
     val = "-" if result.val_fpr95 is None else f"{result.val_fpr95:.4f}"
     click.echo(f"{loss_name}: {result.steps} steps in {result.wall_s / 60:.1f} min, last loss {result.last_loss:.4f}, "
