@@ -108,7 +108,6 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     from .loop import TrainConfig
     from .loop import train as run_training
     from .losses import LossConfig
-
     from .sweep import parse_sweep
 
     grid = parse_sweep(sweep)
