@@ -126,28 +126,26 @@ def test_cli_bad_peer_file_exit_2_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------- evaluation
 
 
+def _identity_whitening(tmp_path: Path, name: str = "hardnet") -> Path:
+    from featmatch.train.whitening import Whitening, weights_sha256
+
+    white = Whitening(np.eye(128), np.zeros(128), "unit", {"descriptor": name, "weights_sha256": weights_sha256(name)})
+    return white.save(tmp_path / f"{name}-identity.npz")
+
+
 def test_eval_patches_subset_has_peer_rows(data_dir, tmp_path, pair_cache):
     out = tmp_path / "rows.json"
-    args = [
-        "eval-patches",
-        "--descriptor",
-        "sift",
-        "--peer-dir",
-        str(data_dir),
-        "--max-pairs",
-        "600",
-        "--data-root",
-        str(data_dir),
-        "--cache-dir",
-        str(pair_cache),
-        "--json",
-        str(out),
-    ]
-    res = CliRunner().invoke(cli, args)
+    ident = _identity_whitening(tmp_path)
+    args = ["eval-patches", "--descriptor", "sift,hardnet", "--peer-dir", str(data_dir), "--max-pairs", "600"]
+    args += ["--whiten", f"hardnet={ident}", "--data-root", str(data_dir), "--cache-dir", str(pair_cache)]
+    res = CliRunner().invoke(cli, args + ["--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "reference rows (published weights): hardtfeat, tfeat" in res.output
     rows = {r["descriptor"]: r for r in json.loads(out.read_text())}
-    assert set(rows) == {"sift", "hardtfeat", "tfeat"}
+    assert set(rows) == {"sift", "hardnet", "hardnet+lw", "hardtfeat", "tfeat"}
+    # an identity whitening changes nothing: the whitened row is the model's own
+    assert rows["hardnet+lw"]["fpr95"] == pytest.approx(rows["hardnet"]["fpr95"], abs=1e-9)
+    assert rows["hardnet+lw"]["map"] == pytest.approx(rows["hardnet"]["map"], abs=1e-6)
     assert rows["hardtfeat"]["peer"] and rows["tfeat"]["peer"] and not rows["sift"]["peer"]
     # a real descriptor on real pairs: far from chance (FPR95 0.95) and HardTFeat ahead of SIFT
     assert rows["hardtfeat"]["fpr95"] < 0.2 and rows["hardtfeat"]["fpr95"] < rows["sift"]["fpr95"]
@@ -255,3 +253,17 @@ def test_group_pairs_match_within_and_differ_across_points():
     assert len(pa) == 6 and np.all(ids[pa] == ids[pb]) and np.all(pa != pb)
     assert len(na) == 6 and np.all(ids[na] != ids[nb])
     assert len(group_pairs(ids, np.random.default_rng(0), 4)[0]) == 4
+
+
+def test_eval_cli_whitened_column_and_weights_check(data_dir, tmp_path):
+    from featmatch.train.whitening import Whitening
+
+    ident = _identity_whitening(tmp_path)
+    seq = str(data_dir / "oxford-affine" / "test-graf")
+    base = ["eval", seq, "--max-pairs", "1", "-n", "200", "--no-progress", "--json", "--out-dir", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli, base + ["-d", "sift", "--whiten", f"hardnet={ident}"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["descriptors"] == ["sift", "hardnet+lw"]
+    other = Whitening(np.eye(128), np.zeros(128), "unit", {"weights_sha256": "0" * 64}).save(tmp_path / "other.npz")
+    res = CliRunner().invoke(cli, base + ["-d", "sift", "--whiten", f"hardnet={other}"])
+    assert res.exit_code == 2 and "not on models/hardnet.pt" in res.output
