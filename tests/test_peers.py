@@ -180,6 +180,7 @@ def test_eval_cli_shows_peers_beside_ours(data_dir, tmp_path):
         "liberty.params"
     )
     assert js["summary"]["tfeat"]["all"]["matches"] > 20
+    assert js["settings"]["precision"] == {"tfeat": "fp32"}
     md = (out / "results.md").read_text()
     assert "| metric | sift | tfeat |" in md and "Reference rows" in md
     res = CliRunner().invoke(cli, args[:-4] + ["--group", "nope", "--out-dir", str(out)])

@@ -122,9 +122,11 @@ def eval_command(
         pairs = pairs[:max_pairs]
     match_device = next((getattr(d, "device", "cpu") for d in describers.values() if hasattr(d, "device")), "cpu")
     report = run_evaluation(pairs, describers, config, skipped, progress=not no_progress, device=match_device)
+    # what each learned column actually ran in (``auto`` resolves per machine: int8, bf16 or fp32)
+    extra = {"precision": {n: d.precision for n, d in describers.items() if hasattr(d, "precision")}}
     if peer_rows:
-        peer_info = {name: d.info() for name, d in peer_rows.items()}
-        report = dataclasses.replace(report, settings={**report.settings, "peers": peer_info})
+        extra["peers"] = {name: d.info() for name, d in peer_rows.items()}
+    report = dataclasses.replace(report, settings={**report.settings, **extra})
     paths = write_outputs(report, out_dir)
     if as_json:
         click.echo(json.dumps(report.to_json()))

@@ -210,6 +210,7 @@ class PeerDescriptor:
         self.device = device
         self.net.to(device)
         self.batch_size = batch_size
+        self.precision = "fp32"
 
     def describe_patches(self, patches) -> np.ndarray:
         """Shape: ``(N, 1, 32, 32)`` uint8 (0..255) or float in [0, 1], tensor or array -> ``(N, 128)`` float32."""

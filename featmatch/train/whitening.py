@@ -240,6 +240,7 @@ class WhitenedModel:
         self.name = name
         self.model = load_weights(name)
         self.whitening = whitening
+        self.precision = "fp32"  # the whitened column always runs the fp32 network
 
     def describe_patches(self, patches) -> np.ndarray:
         """Shape: ``(N, 1, 32, 32)`` uint8 or float patches (tensor or array) -> ``(N, 128)`` float32."""
