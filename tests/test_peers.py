@@ -113,14 +113,22 @@ def test_bad_peer_files_are_one_line_errors(tmp_path):
 
 
 def test_cli_bad_peer_file_exit_2_one_line(tmp_path):
+    import subprocess
+    import sys
+
     files = _bad_files(tmp_path)
-    res = CliRunner().invoke(
-        cli,
-        ["eval", "-d", "sift", "--peer", f"tfeat={files['wrong']}", "--no-progress", "--out-dir", str(tmp_path / "o")],
-    )
-    assert res.exit_code == 2
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("featmatch: error: peer 'tfeat'"), res.output
+    for key in ("garbage", "code", "wrong", "missing"):
+        args = ["eval", "-d", "sift", "--peer", f"tfeat={files[key]}", "--no-progress", "--out-dir", str(tmp_path)]
+        p = subprocess.run(
+            [sys.executable, "-c", "from featmatch.cli import cli; cli()", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 2, (key, p.stderr)
+        lines = [line for line in p.stderr.splitlines() if line.strip()]  # real stderr: warnings would show here
+        assert len(lines) == 1 and lines[0].startswith("featmatch: error: "), (key, p.stderr)
+        assert "peer 'tfeat'" in lines[0], (key, lines[0])
 
 
 # ---------------------------------------------------------------------------------------- evaluation

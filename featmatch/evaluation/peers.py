@@ -25,6 +25,7 @@ state-dict load into our own module; anything wrong is one :class:`ModelNotFound
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,9 @@ def load_peer(name: str, path: Path) -> nn.Module:
     if not path.is_file():
         raise ModelNotFoundError(f"no weights for peer '{name}': {path} is not a file (featmatch never downloads them)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a foreign or broken file is a user problem, never a traceback
         raise ModelNotFoundError(
             f"peer '{name}': {path} cannot be read as plain tensors (torch.load weights_only=True): {_first_line(exc)}"
