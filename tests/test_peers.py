@@ -248,7 +248,11 @@ def test_whitening_file_roundtrip_and_unsafe_files(tmp_path):
     np.savez(objects, matrix=np.eye(8), mean=np.zeros(8), meta=np.array([{"a": 1}], dtype=object))
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, matrix=np.eye(4), mean=np.zeros(8), meta=np.array("{}"))
-    for bad in (objects, wrong, tmp_path / "none.npz"):
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:200])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"hello")
+    for bad in (objects, wrong, truncated, garbage, tmp_path / "none.npz"):
         with pytest.raises(ModelNotFoundError) as info:
             Whitening.load(bad)
         assert "\n" not in str(info.value)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,7 +112,7 @@ class Whitening:
             with np.load(path, allow_pickle=False) as z:
                 matrix, mean, meta = z["matrix"], z["mean"], json.loads(str(z["meta"]))
             return cls(np.asarray(matrix, np.float64), np.asarray(mean, np.float64), meta.get("space", "unit"), meta)
-        except (ConfigError, ValueError, KeyError, OSError, EOFError) as exc:
+        except (ConfigError, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(f"whitening file {path} cannot be read: {msg}") from None
 
