@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "train": "featmatch.train.cli:train",
     "eval-patches": "featmatch.train.cli:eval_patches",
     "calibrate": "featmatch.train.calibrate:calibrate_command",
+    "whiten": "featmatch.train.whitening:whiten_command",
     "eval": "featmatch.evaluation.cli:eval_command",
     "bench": "featmatch.evaluation.cli:bench_command",
     "stitch": "featmatch.stitching.cli:stitch_command",

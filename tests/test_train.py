@@ -5,6 +5,7 @@ Nothing here trains a real model; every test runs in seconds on a CPU.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -421,3 +422,49 @@ def test_learning_rate_decays_by_steps_or_time() -> None:
     capped = TrainConfig(steps=100, lr=1e-3, minutes=1.0)
     assert learning_rate(capped, 10, 45.0) == pytest.approx(0.25e-3)  # 75 % of the time used
     assert learning_rate(capped, 10, 90.0) == 0.0
+
+
+def _tiny_data_root(root: Path) -> Path:
+    """A data folder with the TRAIN layout, filled with small synthetic textures (no real photo)."""
+    from featmatch.train.datasets import SKIMAGE_TRAIN
+
+    rng = np.random.default_rng(0)
+    (root / "wallpaper-photos").mkdir(parents=True)
+    (root / "skimage-photos").mkdir()
+    names = [root / "wallpaper-photos" / "w0.jpg"] + [root / "skimage-photos" / f"{n}.png" for n in SKIMAGE_TRAIN]
+    for path in names:
+        img = cv2.GaussianBlur(rng.uniform(0, 255, (192, 192)).astype(np.float32), (0, 0), 2.5)
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        cv2.imwrite(str(path), img)
+    return root
+
+
+def test_sweep_trains_one_run_per_cell_with_the_same_budget_and_seed(tmp_path: Path) -> None:
+    from featmatch.train.cli import train
+
+    data = _tiny_data_root(tmp_path / "data")
+    args = ["--loss", "exptloss", "--steps", "3", "--seed", "5", "--warps", "2", "--max-keypoints", "150",
+            "--workers", "1", "--threads", "1", "--val-every", "0", "--checkpoint-every", "3", "--no-progress",
+            "--no-bf16", "--device", "cpu", "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"),
+            "--run-dir", str(tmp_path / "sweep"), "--sweep", "batch-size=4,8", "--sweep", "mining-ratio=1,0.5"]
+    r = CliRunner().invoke(train, args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    cells = [c["cell"] for c in summary["cells"]]
+    assert cells == [{"batch-size": 4, "mining-ratio": 1.0}, {"batch-size": 4, "mining-ratio": 0.5},
+                     {"batch-size": 8, "mining-ratio": 1.0}, {"batch-size": 8, "mining-ratio": 0.5}]
+    assert all(c["steps"] == 3 for c in summary["cells"])
+    for c in summary["cells"]:
+        run = Path(c["run_dir"])
+        assert (run / "weights.pt").is_file() and (run / "summary.json").is_file()
+        ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
+        assert ckpt["seed"] == 5 and ckpt["steps"] == 3 and ckpt["batch_size"] == c["cell"]["batch-size"]
+        assert ckpt["loss"]["mining_ratio"] == c["cell"]["mining-ratio"]
+    assert (tmp_path / "sweep" / "batch-size-8_mining-ratio-0.5").is_dir()
+    assert "featmatch eval-patches --descriptor batch-size-4_mining-ratio-1=" in r.output
+    # bad grids fail before anything is built
+    for bad, match in ((["--sweep", "nope=1"], "unknown --sweep option"), (["--sweep", "beta=x"], "must be floats"),
+                       (["--sweep", "mining-ratio=2"], "mining_ratio must be in"),
+                       (["--sweep", "beta=1", "--out", str(tmp_path / "m.pt")], "takes no --out")):
+        r = CliRunner().invoke(train, ["--data-root", str(tmp_path / "none"), *bad])
+        assert isinstance(r.exception, ConfigError) and match in str(r.exception), (bad, r.exception)

@@ -16,6 +16,14 @@ from ..geometry import DEFAULT_THRESHOLD
 from ..options import max_tilt_option
 
 DESCRIPTOR_HELP = "Comma-separated descriptors to compare (sift, rootsift, hardnet, exptloss)."
+PEER_HELP = (
+    "A published descriptor as a reference row, NAME=PATH to its weights (NAME: hardtfeat, tfeat); repeatable. "
+    "Never shipped or downloaded: you give the file."
+)
+PEER_DIR_HELP = (
+    "Take every published descriptor (hardtfeat, tfeat) from this folder, laid out like ../shared/data "
+    "(hardtfeat-weights/HardTFeat.pth, tfeat-weights/pretrained-models/tfeat-liberty.params)."
+)
 
 
 def _parse_names(value: str) -> list[str]:
@@ -49,6 +57,10 @@ def _parse_names(value: str) -> list[str]:
 )
 @click.option("--skip-missing", is_flag=True, help="Report descriptors without weights as skipped instead of failing.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
+@click.option("--group", "groups", default=None, help="Comma-separated pair groups to keep (e.g. hpatches-v,oxford-test-graf).")  # fmt: skip
+@click.option("--peer", "peers", multiple=True, metavar="NAME=PATH", help=PEER_HELP)
+@click.option("--peer-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=PEER_DIR_HELP)
+@click.option("--whiten", "whiten", multiple=True, metavar="NAME=FILE", help="Also a column NAME+lw: model NAME (fp32) followed by the learned whitening FILE (`featmatch whiten`).")  # fmt: skip
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out"), show_default=True, help="Where results.json, results.md and curves.png go.")  # fmt: skip
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of the cached synthetic pairs (default $FEATMATCH_CACHE/eval-v1, else ~/.cache/featmatch/eval-v1).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout instead of the tables.")
@@ -66,6 +78,10 @@ def eval_command(
     precision,
     skip_missing,
     max_pairs,
+    groups,
+    peers,
+    peer_dir,
+    whiten,
     out_dir,
     cache_dir,
     as_json,
@@ -78,7 +94,8 @@ def eval_command(
     featmatch's own benchmark, the real pair graf1 -> graf3 plus 24 seeded synthetic pairs
     (3 strengths) made from test photographs, cached and reused.
 
-    Every descriptor describes the SAME keypoints (detected once per image). Writes
+    Every descriptor describes the SAME keypoints (detected once per image). Published
+    descriptors given with --peer / --peer-dir are reference columns beside ours. Writes
     results.json, results.md and curves.png into --out-dir.
 
     \b
@@ -86,6 +103,8 @@ def eval_command(
       featmatch eval                                  # the bundled benchmark, all descriptors
       featmatch eval ../shared/data/hpatches-sequences -d sift,hardnet --out-dir eval-hp
     """
+    import dataclasses
+
     from ..detect import DetectConfig
     from ..geometry import GeometryConfig
     from ..match import MatchConfig
@@ -102,17 +121,61 @@ def eval_command(
     )
     # Models first: a missing one fails in a second, before any pair is loaded or generated.
     describers, skipped = build_describers(names, device=device, precision=precision, skip_missing=skip_missing)
+    describers.update(_whitened(whiten))
+    peer_rows = _build_peers(peers, peer_dir, device)
+    describers.update(peer_rows)
     pairs = discover(data_dir) if data_dir is not None else default_pairs(cache_dir)
+    if groups is not None:
+        pairs = select_groups(pairs, groups)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
     match_device = next((getattr(d, "device", "cpu") for d in describers.values() if hasattr(d, "device")), "cpu")
     report = run_evaluation(pairs, describers, config, skipped, progress=not no_progress, device=match_device)
+    # what each learned column actually ran in (``auto`` resolves per machine: int8, bf16 or fp32)
+    extra = {"precision": {n: d.precision for n, d in describers.items() if hasattr(d, "precision")}}
+    if peer_rows:
+        extra["peers"] = {name: d.info() for name, d in peer_rows.items()}
+    report = dataclasses.replace(report, settings={**report.settings, **extra})
     paths = write_outputs(report, out_dir)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
         click.echo(markdown(report))
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _whitened(specs) -> dict:
+    """``--whiten NAME=FILE`` -> ``NAME+lw`` -> describer (fp32 model, whitening, L2 normalization)."""
+    if not specs:
+        return {}
+    from ..train.whitening import WhitenedModel, Whitening, parse_whiten_specs
+
+    return {f"{name}+lw": WhitenedModel(name, Whitening.load(path)) for name, path in parse_whiten_specs(specs)}
+
+
+def _build_peers(specs, peer_dir, device: str) -> dict:
+    """``--peer`` / ``--peer-dir`` -> name -> loaded :class:`~featmatch.evaluation.peers.PeerDescriptor`."""
+    if not specs and peer_dir is None:
+        return {}
+    from .peers import build_peers, peer_paths
+
+    return build_peers(peer_paths(specs, peer_dir), device="cpu" if device == "cpu" else "auto")
+
+
+def select_groups(pairs: list, groups: str) -> list:
+    """Keep the pairs whose group is in the comma-separated ``groups``.
+
+    Raises:
+        ConfigError: a group no pair has (the message lists the groups there are).
+    """
+    wanted = [g.strip() for g in groups.split(",") if g.strip()]
+    have = list(dict.fromkeys(p.group for p in pairs))
+    unknown = [g for g in wanted if g not in have]
+    if not wanted or unknown:
+        raise ConfigError(
+            f"unknown pair group '{unknown[0] if unknown else groups}'; these pairs have {', '.join(have) or 'none'}"
+        )
+    return [p for p in pairs if p.group in wanted]
 
 
 @click.command("bench")

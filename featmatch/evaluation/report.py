@@ -71,6 +71,14 @@ def markdown(report: EvalReport, per_pair: bool = False) -> str:
         "as a miss); MMA @t: fraction of ratio-test matches within t px of the true homography, averaged over pairs.",
         "",
     ]
+    peers = st.get("peers") or {}
+    if peers:
+        lines += ["Reference rows (published weights, given by the user; same keypoints and patches):", ""]
+        lines += [
+            f"- {name}: {p.get('reference', '')}, `{p.get('path', '')}` (sha256 {p.get('sha256', '')[:12]})"
+            for name, p in peers.items()
+        ]
+        lines.append("")
     for scope, _ in report.scopes:
         lines += summary_table(report, scope) + [""]
     for name, why in report.skipped.items():

@@ -90,11 +90,15 @@ Examples:
               help="Steps between validation FPR95 checks (0: never).")
 @click.option("--eval-only", is_flag=True, help="Do not train: report FPR95/mAP of --out's weights on the test pairs.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
+              help="Train a grid instead of one model (KEY: batch-size, lr, mining-ratio, beta, gamma, alpha, margin; "
+                   "repeatable): one run folder per cell under --run-dir [default: runs/sweep-<loss>], same steps "
+                   "and seed, weights.pt in each; never writes models/.")
 def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr: float, margin: float, beta: float,
           gamma: float, alpha: float, mining_ratio: float, form: str, seed: int, resume: bool, out: Path | None,
           run_dir: Path | None, data_root: Path | None, cache_dir: Path | None, warps: int, max_keypoints: int,
           workers: int, threads: int | None, device: str, bf16: bool, checkpoint_every: int, val_every: int,
-          eval_only: bool, progress: bool) -> None:
+          eval_only: bool, progress: bool, sweep: tuple[str, ...]) -> None:
     from ..network import MODELS_ENV, weight_path
     from .datasets import (
         WarpConfig,
@@ -107,7 +111,11 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     from .loop import TrainConfig
     from .loop import train as run_training
     from .losses import LossConfig
+    from .sweep import parse_sweep
 
+    grid = parse_sweep(sweep)
+    if grid and (out is not None or eval_only):
+        raise ConfigError("--sweep writes weights.pt into each cell's run folder; it takes no --out or --eval-only")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     data_root = data_root or default_data_root()
@@ -115,19 +123,37 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     if eval_only:
         _print_eval([f"{loss_name}={out or weight_path(loss_name)}"], data_root, cache_dir, json_out=None)
         return
-    run_dir = run_dir or Path("runs") / loss_name
+    run_dir = run_dir or Path("runs") / (f"sweep-{loss_name}" if grid else loss_name)
     out = out or run_dir / f"{loss_name}.pt"
     loss_cfg = LossConfig(name=loss_name, margin=margin, beta=beta, gamma=gamma, alpha=alpha,
                           mining_ratio=mining_ratio, form=form)
     cfg = TrainConfig(loss=loss_cfg, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
                       checkpoint_every=checkpoint_every, val_every=val_every, bf16=bf16, device=device, threads=threads)
     warp_cfg = WarpConfig(warps_per_image=warps, max_keypoints=max_keypoints)
+    if grid:  # every cell must be a valid configuration before the dataset is built
+        from .sweep import cell_config, grid_cells
+
+        for cell in grid_cells(grid):
+            cell_config(cfg, cell)
     _setup_logging(run_dir)
     t0 = time.time()
     dataset = build_warp_dataset(train_photos(data_root), warp_cfg, cache_dir=cache_dir, workers=workers,
                                  progress=progress)
     click.echo(f"dataset: {len(dataset)} patches of {dataset.num_points} points ({time.time() - t0:.0f} s)", err=True)
     val_pairs = build_val_pairs(data_root, cache_dir) if val_every else None
+    if grid:
+        from .sweep import run_sweep
+
+        records = run_sweep(dataset, cfg, grid, run_dir, val_pairs=val_pairs, resume=resume, progress=progress,
+                            log=lambda msg: click.echo(msg, err=True))
+        for r in records:
+            val = "-" if r["val_fpr95"] is None else f"{r['val_fpr95']:.4f}"
+            click.echo(f"{Path(r['run_dir']).name}: {r['steps']} steps in {r['wall_s'] / 60:.1f} min, last loss "
+                       f"{r['last_loss']:.4f}, validation FPR95 {val}; weights {r['weights']}")
+        specs = ",".join(f"{Path(r['run_dir']).name}={r['weights']}" for r in records)
+        click.echo(f"sweep summary: {run_dir / 'sweep.json'}; score on the test pairs with: "
+                   f"featmatch eval-patches --descriptor {specs}")
+        return
     result = run_training(dataset, cfg, run_dir, out=out, val_pairs=val_pairs, resume=resume, progress=progress)
     val = "-" if result.val_fpr95 is None else f"{result.val_fpr95:.4f}"
     click.echo(f"{loss_name}: {result.steps} steps in {result.wall_s / 60:.1f} min, last loss {result.last_loss:.4f}, "
@@ -177,8 +203,57 @@ def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - r
     return label, lambda patches: describe_patches(model, patches)
 
 
+def _whitened_rows(specs: tuple[str, ...] | list[str]) -> list:
+    """``--whiten NAME=FILE`` -> ``(NAME+lw, patches -> descriptors)`` rows (fp32 model + whitening)."""
+    if not specs:
+        return []
+    import torch
+
+    from .whitening import WhitenedModel, Whitening, parse_whiten_specs
+
+    rows = []
+    for name, path in parse_whiten_specs(specs):
+        model = WhitenedModel(name, Whitening.load(path))
+        rows.append((f"{name}+lw", lambda patches, m=model: torch.from_numpy(m.describe_patches(patches))))
+    return rows
+
+
+def _peer_rows(peers: tuple[str, ...] | list[str], peer_dir: Path | None) -> list:
+    """``--peer`` / ``--peer-dir`` -> ``(name, patches -> descriptors)`` rows (weights loaded now)."""
+    if not peers and peer_dir is None:
+        return []
+    import torch
+
+    from ..evaluation.peers import build_peers, peer_paths
+
+    rows = []
+    for name, peer in build_peers(peer_paths(peers, peer_dir)).items():
+        rows.append((name, lambda patches, peer=peer: torch.from_numpy(peer.describe_patches(patches))))
+    return rows
+
+
+def subset_pairs(pairs, max_pairs: int):  # noqa: ANN001, ANN201 - PairSet in, PairSet out
+    """At most ``max_pairs`` pairs, evenly spaced over the set (positives and negatives alike).
+
+    The pairs are stored image pair by image pair, positives then negatives, so an even spacing
+    keeps both labels and every source.
+    """
+    import numpy as np
+    import torch
+
+    from .datasets import PairSet
+
+    if max_pairs < 2:
+        raise ConfigError(f"--max-pairs must be at least 2, got {max_pairs}")
+    if max_pairs >= len(pairs):
+        return pairs
+    idx = torch.from_numpy(np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(np.int64)))
+    return PairSet(pairs.a[idx], pairs.b[idx], pairs.label[idx], pairs.source[idx], pairs.sources)
+
+
 def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Path | None,
-                precision: str = "fp32") -> None:
+                precision: str = "fp32", peers: tuple[str, ...] = (), peer_dir: Path | None = None,
+                max_pairs: int | None = None, whiten: tuple[str, ...] = ()) -> None:
     import numpy as np
 
     from .datasets import build_test_pairs
@@ -186,7 +261,13 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
 
     _setup_logging(None)
     resolved = [_resolve_descriptor(spec, precision) for spec in specs]  # fail on a bad name before building pairs
+    resolved += _whitened_rows(whiten)
+    peer_rows = _peer_rows(peers, peer_dir)
+    peer_names = [name for name, _ in peer_rows]
+    resolved += peer_rows
     pairs = build_test_pairs(data_root, cache_dir)
+    if max_pairs is not None:
+        pairs = subset_pairs(pairs, max_pairs)
     lab = pairs.label.numpy()
     src = pairs.source.numpy()
     real = np.array(["->" in pairs.sources[s] for s in src])
@@ -194,6 +275,8 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
     click.echo(f"test pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) from "
                f"{len(pairs.sources)} image pairs; synthetic: {int((~real & lab).sum())} positive, "
                f"graf1->graf3: {int((real & lab).sum())} positive")
+    if peer_names:
+        click.echo(f"reference rows (published weights): {', '.join(peer_names)}")
     header = f"{'descriptor':<12} {'FPR95 all':>10} {'FPR95 synth':>12} {'FPR95 graf':>11} {'mAP all':>8} {'mAP/pair':>9}"
     click.echo(header)
     click.echo("-" * len(header))
@@ -208,6 +291,7 @@ def _print_eval(specs: list[str], data_root: Path, cache_dir: Path, json_out: Pa
             "fpr95_graf": fpr95(dist[real], lab[real]) if real.any() else float("nan"),
             "map": patch_map(dist, lab),
             "map_per_pair": patch_map(dist, lab, src),
+            "peer": label in peer_names,
         }
         rows.append(row)
         click.echo(f"{label:<12} {row['fpr95']:>10.4f} {row['fpr95_synthetic']:>12.4f} {row['fpr95_graf']:>11.4f} "
@@ -244,11 +328,21 @@ Example:
               help="Also write the table as JSON here.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32", show_default=True,
               help="Arithmetic of the named models: fp32 is the reference; the others run match's inference path.")
+@click.option("--peer", "peers", multiple=True, metavar="NAME=PATH",
+              help="A published descriptor as a reference row (hardtfeat, tfeat), NAME=PATH to its weights; repeatable.")
+@click.option("--peer-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Take every published descriptor from this folder (laid out like ../shared/data).")
+@click.option("--whiten", "whiten", multiple=True, metavar="NAME=FILE",
+              help="Also a row NAME+lw: model NAME followed by the learned whitening FILE (`featmatch whiten`).")
+@click.option("--max-pairs", type=click.IntRange(min=2), default=None,
+              help="Score only this many pairs, evenly spaced over the set (quick checks; not comparable).")
 def eval_patches(descriptors: str, data_root: Path | None, cache_dir: Path | None, json_out: Path | None,
-                 precision: str) -> None:
+                 precision: str, peers: tuple[str, ...], peer_dir: Path | None, whiten: tuple[str, ...],
+                 max_pairs: int | None) -> None:
     from .datasets import default_cache_dir, default_data_root
 
     specs = [s.strip() for s in descriptors.split(",") if s.strip()]
-    if not specs:
+    if not specs and not peers and peer_dir is None and not whiten:
         raise ConfigError("--descriptor needs at least one descriptor")
-    _print_eval(specs, data_root or default_data_root(), cache_dir or default_cache_dir(), json_out, precision)
+    _print_eval(specs, data_root or default_data_root(), cache_dir or default_cache_dir(), json_out, precision,
+                peers=peers, peer_dir=peer_dir, max_pairs=max_pairs, whiten=whiten)
