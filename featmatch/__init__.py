@@ -22,7 +22,7 @@ _LAZY = {
     "Matcher": "featmatch.pipeline",
     "MatchResult": "featmatch.pipeline",
     "Features": "featmatch.pipeline",
-    "DESCRIPTORS": "featmatch.describe",
+    "DESCRIPTORS": "featmatch.descriptors",
     "stitch": "featmatch.stitching",
     "batch": "featmatch.batching",
     "load_image": "featmatch.imageio",

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import click
 
-from .describe import DEVICES, PRECISIONS
+from .descriptors import DEVICES, PRECISIONS
 from .detect import DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, MAX_TILT_LIMIT
 from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
 from .match import DEFAULT_RATIO
 
 
 def descriptor_names() -> list[str]:
-    from .describe import DESCRIPTORS
+    from .descriptors import DESCRIPTORS
 
     return sorted(DESCRIPTORS)
 

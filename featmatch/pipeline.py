@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .describe import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
+from .descriptors import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
 from .errors import ConfigError
 from .geometry import GeometryConfig, HomographyEstimate, for_simulated_views
@@ -140,12 +140,12 @@ class Matcher:
     """A reusable two-image matcher.
 
     Args:
-        descriptor: a name from :data:`featmatch.describe.DESCRIPTORS`.
+        descriptor: a name from :data:`featmatch.descriptors.DESCRIPTORS`.
         detect: detector options.
         match: matcher options.
         geometry: homography options.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: CNN precision (see :class:`featmatch.describe.CNNDescriptor`).
+        precision: CNN precision (see :class:`featmatch.descriptors.CNNDescriptor`).
         describer: a ready descriptor callable (overrides ``descriptor``'s lookup; tests
             use it to plug in a random-weight CNN).
         background: build a CNN descriptor (import torch and kornia, load, fold and quantize

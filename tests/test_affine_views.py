@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import featmatch
-from featmatch.describe import SiftDescriptor
+from featmatch.descriptors import SiftDescriptor
 from featmatch.detect import DetectConfig, detect, simulate_view, view_parameters
 from featmatch.errors import ConfigError
 from featmatch.match import MatchConfig, match_descriptors

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from featmatch.describe import DESCRIPTORS, CNNDescriptor, SiftDescriptor, build_descriptor
+from featmatch.descriptors import DESCRIPTORS, CNNDescriptor, SiftDescriptor, build_descriptor
 from featmatch.detect import DetectConfig, detect
 from featmatch.errors import ConfigError, ModelNotFoundError
 from featmatch.inference import fold_for_inference

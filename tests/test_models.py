@@ -46,7 +46,7 @@ def test_shipped_weights_give_the_stored_descriptors(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_fast_inference_path_agrees_with_reference(name):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     want = describe_fp32(name)
     for precision in ("fp32", "bf16"):

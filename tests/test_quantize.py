@@ -37,7 +37,7 @@ def test_shipped_calibration_belongs_to_the_shipped_weights(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_int8_agrees_with_fp32_on_real_patches(name, real_patches):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     fp32 = CNNDescriptor(name, device="cpu", precision="fp32").describe_patches(real_patches)
     int8 = CNNDescriptor(name, device="cpu", precision="int8").describe_patches(real_patches)
@@ -48,7 +48,7 @@ def test_int8_agrees_with_fp32_on_real_patches(name, real_patches):
 
 
 def test_int8_on_fixed_patches_matches_the_golden_fp32(real_patches):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     want = describe_fp32("hardnet")
     got = CNNDescriptor("hardnet", device="cpu", precision="int8").describe_patches(fixed_patches())
@@ -56,7 +56,7 @@ def test_int8_on_fixed_patches_matches_the_golden_fp32(real_patches):
 
 
 def test_auto_picks_int8_only_with_vnni_and_a_calibration():
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     auto = CNNDescriptor("hardnet", device="cpu", precision="auto")
     assert auto.precision == ("int8" if cpu_has_vnni() else auto.precision)
@@ -69,7 +69,7 @@ def test_auto_picks_int8_only_with_vnni_and_a_calibration():
 
 
 def test_stale_or_missing_calibration(tmp_path, monkeypatch):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     for f in ("hardnet.pt", "hardnet.pt.sha256", "hardnet.int8.json"):
         shutil.copy(REPO / "models" / f, tmp_path / f)

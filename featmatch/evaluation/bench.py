@@ -3,7 +3,7 @@
 Three parts, each printing ratios of numbers measured side by side on the same machine:
 
 - ``describe``: patches/s of featmatch's HardNet inference path
-  (:meth:`featmatch.describe.CNNDescriptor.describe_patches`: BN folded, channels-last, bf16
+  (:meth:`featmatch.descriptors.CNNDescriptor.describe_patches`: BN folded, channels-last, bf16
   where the CPU has it) against kornia's ``kornia.feature.HardNet`` loaded with the same
   state dict, in fp32, on the same real patches.
 - ``pipeline``: whole ``match`` processes on two real images: ``featmatch match`` (sift and
@@ -178,7 +178,7 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
     import kornia.feature as KF
     import torch
 
-    from ..describe import CNNDescriptor
+    from ..descriptors import CNNDescriptor
 
     n_max = max(config.batch_sizes)
     patches = _real_patches(bench_images(config)[0], n_max)

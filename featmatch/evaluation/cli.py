@@ -19,7 +19,7 @@ DESCRIPTOR_HELP = "Comma-separated descriptors to compare (sift, rootsift, hardn
 
 
 def _parse_names(value: str) -> list[str]:
-    from ..describe import DESCRIPTORS
+    from ..descriptors import DESCRIPTORS
 
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
