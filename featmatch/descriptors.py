@@ -3,12 +3,16 @@
 ``DESCRIPTORS`` is the registry that both the CLI and the API read. ``sift`` and ``rootsift``
 are OpenCV's descriptors computed on the detected keypoints (no torch involved); ``hardnet``
 and ``exptloss`` are our CNN (:class:`featmatch.network.HardNet`) run on the normalized
-patches of :mod:`featmatch.patches`. torch is imported only when a CNN descriptor is built.
+patches of :mod:`featmatch.patches`, by an inference engine (:mod:`featmatch.engines`: ONNX
+Runtime on the CPU, torch on CUDA or as the fallback). On the CPU with ONNX Runtime nothing
+here imports torch or kornia.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -16,6 +20,7 @@ import cv2
 import numpy as np
 
 from .detect import Keypoints
+from .engines.select import PRECISIONS, EngineChoice
 from .errors import ConfigError, DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,16 +34,34 @@ DEFAULT_DESCRIPTOR = "hardnet"
 DEFAULT_BATCH_SIZE = 256
 #: Device choices of the CLI.
 DEVICES = ("auto", "cpu", "cuda")
-#: Precision choices of the CNN descriptors ("auto": int8 on CPUs with VNNI when the weights have
-#: an int8 calibration, else bf16 on CPUs with native bf16, else fp32; fp16 on CUDA).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+#: Precision choices of the CNN descriptors (:data:`featmatch.engines.select.PRECISIONS`; "auto":
+#: the fastest that keeps quality on this machine, see :mod:`featmatch.engines.select`).
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DESCRIPTOR", "DESCRIPTORS", "DEVICES", "PRECISIONS", "CNNDescriptor",
+           "SiftDescriptor", "build_descriptor", "check_descriptor_name", "describe_patches", "resolve_device"]  # fmt: skip
+
+
+def nvidia_driver_present() -> bool:
+    """True when an NVIDIA driver is loaded (``/proc/driver/nvidia/version`` or ``/dev/nvidia0``)."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is an error."""
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is an error.
+
+    ``auto`` imports torch only where CUDA is possible at all: torch installed and an NVIDIA
+    driver present. So the CPU path of a machine without a GPU never pays for ``import torch``.
+    """
+    from .engines import TORCH_INSTALL_HINT, have_module
+
     if device not in DEVICES:
         raise ConfigError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     if device == "cpu":
+        return "cpu"
+    if not have_module("torch"):
+        if device == "cuda":
+            raise DeviceError(f"--device cuda needs PyTorch with CUDA: {TORCH_INSTALL_HINT}")
+        return "cpu"
+    if device == "auto" and not nvidia_driver_present():
         return "cpu"
     import torch
 
@@ -88,20 +111,24 @@ class SiftDescriptor:
 class CNNDescriptor:
     """A learned descriptor (``hardnet`` or ``exptloss``) from ``models/<name>.pt``.
 
-    The model is loaded once; for inference BatchNorm is folded into the convolutions, the
-    network runs channels-last, and patches are described in chunks of ``batch_size``.
+    The engine and precision are chosen once (:func:`featmatch.engines.choose_engine`: ONNX
+    Runtime int8 or fp32 on the CPU from the exports beside the weights, torch fp16 on CUDA,
+    torch fp32 as the fallback); patches are described in chunks of ``batch_size``.
 
     Args:
         name: weight file name in ``models/``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``auto`` (int8 on CPUs with VNNI when ``models/<name>.int8.json`` exists,
-            else bf16 on CPUs with native bf16 support, else fp32; fp16 on CUDA), ``fp32``,
-            ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, needs the calibration).
+        precision: ``auto`` (the fastest that keeps quality here, never an emulated bf16),
+            ``fp32``, ``bf16`` (torch, CPUs with native bf16), ``fp16`` (CUDA) or ``int8``
+            (ONNX Runtime, needs the int8 export).
         batch_size: patches per forward pass.
         model: an already built :class:`~featmatch.network.HardNet` (tests use random weights);
-            when given, ``name`` is only a label.
-        calibration: int8 activation ranges (:class:`~featmatch.quantize.Calibration`);
-            by default ``models/<name>.int8.json`` when ``model`` is not given.
+            when given, ``name`` is only a label and the torch engine runs it.
+        cpu: a :class:`~featmatch.engines.CpuInfo` to decide for (default: this machine's).
+
+    Attributes:
+        choice: the :class:`~featmatch.engines.EngineChoice` (engine, precision, variant, why).
+        precision: ``choice.precision``.
     """
 
     def __init__(
@@ -111,42 +138,113 @@ class CNNDescriptor:
         precision: str = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
         model: torch.nn.Module | None = None,
-        calibration=None,
+        cpu=None,
     ):
-        from .inference import fold_for_inference, pick_precision
-        from .network import load_weights
-        from .quantize import load_calibration, quantize
+        from .engines import build_engine, choose_engine, have_module, probe_cpu
+        from .engines.select import fresh_exports
 
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
         self.device = resolve_device(device)
-        if calibration is None and model is None and precision in ("auto", "int8") and self.device == "cpu":
-            calibration = load_calibration(name)
-        self.precision = pick_precision(precision, self.device, int8_ready=calibration is not None)
-        if self.precision == "int8" and calibration is None:
-            raise ConfigError(
-                f"--precision int8 needs an int8 calibration of '{name}' (models/{name}.int8.json); "
-                f"make it with `featmatch calibrate {name}`"
-            )
+        if model is None and self.device == "cpu":
+            _check_weights_exist(name)
+            exports, reason = fresh_exports(name)
+        else:
+            exports, reason = frozenset(), ""
+        self.choice: EngineChoice = choose_engine(
+            name,
+            precision,
+            self.device,
+            cpu or probe_cpu(),
+            have_onnxruntime=have_module("onnxruntime"),
+            have_torch=have_module("torch"),
+            exports=exports,
+            exports_reason=reason,
+            in_memory=model is not None,
+        )
+        self.precision = self.choice.precision
         self.batch_size = batch_size
-        net = model if model is not None else load_weights(name)
-        self.net = fold_for_inference(net, self.device)
-        if self.precision == "int8":
-            self.net = quantize(self.net, calibration)
+        self.engine = build_engine(self.choice, name, batch_size, model=model)
 
-    def describe_patches(self, patches: torch.Tensor) -> np.ndarray:
-        """Shape: ``(N, 1, 32, 32)`` patches -> ``(N, 128)`` float32 unit vectors."""
-        from .inference import run_batched
+    def describe_patches(self, patches) -> np.ndarray:
+        """Describe patches (see :func:`as_patch_array` for what is accepted).
 
-        return run_batched(self.net, patches, self.batch_size, self.device, self.precision)
+        Shape: ``(N, 1, 32, 32)`` or ``(N, 32, 32)`` patches -> ``(N, 128)`` float32 unit vectors.
+        """
+        x = as_patch_array(patches)
+        if x.shape[0] == 0:
+            return np.zeros((0, 128), np.float32)
+        return self.engine(x)
 
     def __call__(self, keypoints: Keypoints) -> np.ndarray:
         from .patches import patches_for
 
         if len(keypoints) == 0:
             return np.zeros((0, 128), np.float32)
-        return self.describe_patches(patches_for(keypoints, device=self.device))
+        return self.engine(patches_for(keypoints))
+
+
+def _check_weights_exist(name: str) -> None:
+    """A missing ``.pt`` fails with the training advice, whichever engine would run it."""
+    from .weights import MODELS_ENV, weight_path
+
+    path = weight_path(name)
+    if not path.is_file():
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"no weights for descriptor '{name}': {path} does not exist. featmatch never downloads "
+            f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
+            f"{MODELS_ENV} to a folder that has {name}.pt"
+        )
+
+
+def as_patch_array(patches) -> np.ndarray:
+    """Patches as a float32 ``(N, 1, 32, 32)`` numpy array with values in [0, 1].
+
+    Accepts numpy arrays or torch tensors (any device), uint8 (0..255) or float (0..1), of shape
+    ``(N, 1, 32, 32)`` or ``(N, 32, 32)``; ``N = 0`` is fine.
+
+    Raises:
+        ConfigError: another shape or dtype.
+    """
+    if type(patches).__module__.split(".")[0] == "torch":  # a tensor, without importing torch here
+        patches = patches.detach().cpu().numpy()
+    x = np.asarray(patches)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1:] != (1, 32, 32):
+        raise ConfigError(f"patches must be (N, 1, 32, 32) or (N, 32, 32), got shape {tuple(np.shape(patches))}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) * np.float32(1.0 / 255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError(f"patches must be uint8 (0..255) or float (0..1), got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_descriptor(name: str, device: str, precision: str) -> CNNDescriptor:
+    return CNNDescriptor(name, device=device, precision=precision)
+
+
+def describe_patches(patches, descriptor: str = DEFAULT_DESCRIPTOR, device: str = "auto",
+                     precision: str = "auto") -> np.ndarray:  # fmt: skip
+    """Descriptors of ready-cut patches with a learned descriptor (built once per process).
+
+    Args:
+        patches: numpy array or torch tensor, uint8 (0..255) or float (0..1), ``(N, 1, 32, 32)``
+            or ``(N, 32, 32)``; any ``N`` including 0.
+        descriptor: ``hardnet`` or ``exptloss``.
+        device, precision: as for :class:`CNNDescriptor`.
+
+    Returns:
+        ``(N, 128)`` float32 unit vectors.
+    """
+    check_descriptor_name(descriptor)
+    if descriptor in ("sift", "rootsift"):
+        raise ConfigError("describe_patches needs a learned descriptor (hardnet or exptloss); SIFT describes keypoints")
+    return _cached_descriptor(descriptor, device, precision).describe_patches(patches)
 
 
 #: name -> factory(device, precision, batch_size) building a descriptor callable.

@@ -115,8 +115,9 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="CNN arithmetic: auto = int8 on CPUs with VNNI (calibrated weights), else bf16 on CPUs "
-            "with native bf16, else fp32; fp16 on CUDA.",
+            help="CNN arithmetic: auto = the fastest that keeps quality here: int8 (ONNX Runtime) on x86 with "
+            "VNNI or AVX2 (7-bit weights there) and on ARM with dot products, fp32 (ONNX Runtime) on other CPUs or "
+            "torch fp32 without onnxruntime; fp16 on CUDA. bf16 only when asked for, on CPUs with native bf16.",
         ),
     ]
 

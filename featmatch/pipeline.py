@@ -60,6 +60,8 @@ class MatchResult:
             ``match``, ``geometry``, ``total``).
         reason: why ``homography`` is None (None on success).
         shapes: ``((H1, W1), (H2, W2))``.
+        engine: for a CNN descriptor, the engine that described
+            (``{"name", "precision", "variant", "device", "why"}``); None for SIFT.
     """
 
     homography: np.ndarray | None
@@ -71,6 +73,7 @@ class MatchResult:
     timings_ms: dict = field(default_factory=dict)
     reason: str | None = None
     shapes: tuple = ((0, 0), (0, 0))
+    engine: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,7 @@ class MatchResult:
             "descriptor": self.descriptor,
             "timings_ms": {k: round(float(v), 2) for k, v in self.timings_ms.items()},
             "reason": self.reason,
+            "engine": self.engine,
         }
 
 
@@ -148,8 +152,8 @@ class Matcher:
         precision: CNN precision (see :class:`featmatch.descriptors.CNNDescriptor`).
         describer: a ready descriptor callable (overrides ``descriptor``'s lookup; tests
             use it to plug in a random-weight CNN).
-        background: build a CNN descriptor (import torch and kornia, load, fold and quantize
-            the weights: about a second on a CPU) in a background thread, so that it overlaps
+        background: build a CNN descriptor (choose the engine, open the ONNX Runtime session,
+            or import torch and fold the weights) in a background thread, so that it overlaps
             with loading and detecting the first images. Errors of the build (missing
             weights, no CUDA) are then raised by the first call that describes.
     """
@@ -198,6 +202,14 @@ class Matcher:
         return self._describer
 
     @property
+    def engine(self) -> dict | None:
+        """The CNN's engine choice (``EngineChoice.to_json()``), None for SIFT or a plain callable."""
+        if self._describer is None and self.descriptor in ("sift", "rootsift"):
+            return None
+        choice = getattr(self.describer, "choice", None)
+        return choice.to_json() if choice is not None else None
+
+    @property
     def device(self) -> str:
         """Where descriptors are computed and matched (``cpu`` or ``cuda``)."""
         if self._describer is None:
@@ -237,6 +249,7 @@ class Matcher:
             timings_ms=timings,
             reason=reason,
             shapes=(f1.image_shape, f2.image_shape),
+            engine=self.engine,
         )
 
     def match(self, image1: ImageLike | Image, image2: ImageLike | Image) -> MatchResult:

@@ -23,7 +23,7 @@ def test_every_submodule_imports_and_describe_stays_the_function():
             assert not have_torch and (exc.name or "").split(".")[0] in NEEDS_TORCH, (info.name, exc)
             continue
         imported.append(info.name)
-    assert {"featmatch.descriptors", "featmatch.pipeline", "featmatch.patches"} <= set(imported)
+    assert {"featmatch.descriptors", "featmatch.pipeline", "featmatch.patches", "featmatch.engines"} <= set(imported)
     # no submodule shadows the public function featmatch.describe (issue 13)
     assert "featmatch.describe" not in imported
     assert inspect.isfunction(featmatch.describe)

@@ -70,7 +70,7 @@ def _digest(obj: object) -> str:
 
 def weights_id(name: str) -> str:
     """The recorded sha256 of a CNN's weight file ('missing' when there is none yet)."""
-    from ..network import weight_path
+    from ..weights import weight_path
 
     digest = weight_path(name).with_name(f"{name}.pt.sha256")
     return digest.read_text().strip() if digest.is_file() else "missing"
