@@ -122,17 +122,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             objects other than tensors, or is not a ``{name: tensor}`` mapping.
     """
     import pickle
+    import warnings
     import zipfile
 
     if path.stat().st_size == 0:
         raise ModelNotFoundError(f"weights {path} cannot be loaded: the file is empty")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, which would run arbitrary code
-        raise ModelNotFoundError(
-            f"weights {path} cannot be loaded: it holds Python objects other than tensors (refused for safety)"
-        ) from None
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False, which would run arbitrary code: never repeat it
+        if "global" in str(exc).lower():
+            raise ModelNotFoundError(
+                f"weights {path} cannot be loaded: it holds Python objects other than tensors (refused for safety)"
+            ) from None
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: not a PyTorch weight file (damaged?)") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, UnicodeDecodeError):
         raise ModelNotFoundError(f"weights {path} cannot be loaded: not a PyTorch weight file (damaged?)") from None
     except Exception:  # any other failure of a foreign file is a user problem, not a bug

@@ -50,10 +50,11 @@ def _session(path: Path, threads: int, cached: bool = True):
         opts.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # a damaged file: ONNX Runtime's text is long and about protobuf
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # a damaged file: ONNX Runtime's text is long and names the path again
+            text = str(exc).lower()
+            reason = "not a valid ONNX file, damaged?" if "protobuf" in text else "ONNX Runtime refuses it"
             raise ModelNotFoundError(
-                f"ONNX model {path} cannot be loaded ({first}); rewrite it with `featmatch export`"
+                f"ONNX model {path} cannot be loaded ({reason}); rewrite it with `featmatch export`"
             ) from None
         if cached:
             _SESSIONS[key] = sess

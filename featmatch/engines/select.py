@@ -20,7 +20,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelNotFoundError
 from ..weights import ONNX_VARIANTS, models_dir, onnx_path, sha256_of, weight_path
 from .cpuinfo import CpuInfo
 
@@ -126,6 +126,7 @@ def choose_engine(
 
     Raises:
         ConfigError: the precision cannot run here (the message says what would).
+        ModelNotFoundError: ``int8`` asked for, but its ONNX export is missing or stale.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -161,7 +162,7 @@ def choose_engine(
         want = variant or ("int8-w7" if cpu.x86 else "int8")
         if want not in exports:
             reason = exports_reason or f"models/{name}.{want}.onnx is missing"
-            raise ConfigError(
+            raise ModelNotFoundError(
                 f"--precision int8 needs the int8 ONNX export of '{name}': {reason}; it is made from the int8 "
                 f"calibration (`featmatch calibrate {name}`, then `featmatch export {name}`)"
             )
