@@ -202,7 +202,9 @@ def match_command(
             click.echo("profile (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()), err=True)
             if result.engine:
                 e = result.engine
-                click.echo(f"engine: {e['name']} {e['variant'] or e['precision']} on {e['device']}: {e['why']}", err=True)
+                click.echo(
+                    f"engine: {e['name']} {e['variant'] or e['precision']} on {e['device']}: {e['why']}", err=True
+                )
         if not result.ok:
             click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
             sys.exit(EXIT_NO_HOMOGRAPHY)

@@ -166,7 +166,7 @@ def build_graph(convs, calibration=None, weight_levels: int | None = None, doc: 
         if not last:
             x = node("Relu", [x], f"relu{i + 1}")
         if calibration is not None:
-            lo, hi = (calibration.output_range if last else (0.0, calibration.relu_max[i]))
+            lo, hi = calibration.output_range if last else (0.0, calibration.relu_max[i])
             x, in_scale = quant(x, f"act{i + 1}", *_qparams(lo, hi, ACTIVATION_LEVELS))
     flat = node("Flatten", [x], "flat", axis=1)
     norm = node("ReduceL2", [flat], "norm", axes=[1], keepdims=1)

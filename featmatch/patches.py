@@ -160,8 +160,16 @@ def sample_from_pyramid(img: np.ndarray, laf: np.ndarray, patch_size: int = PATC
         level = np.floor(np.clip(np.log2(2.0 * scale / patch_size), 0, len(sizes) - 1)).astype(np.int64)
     u = (np.arange(patch_size, dtype=np.float32) * 2.0 + 1.0) / patch_size - 1.0
     # level-0 positions of every cell: (N, PS, PS) for x and y
-    px = laf[:, 0, 2, None, None] + laf[:, 0, 0, None, None] * u[None, None, :] + laf[:, 0, 1, None, None] * u[None, :, None]
-    py = laf[:, 1, 2, None, None] + laf[:, 1, 0, None, None] * u[None, None, :] + laf[:, 1, 1, None, None] * u[None, :, None]
+    px = (
+        laf[:, 0, 2, None, None]
+        + laf[:, 0, 0, None, None] * u[None, None, :]
+        + laf[:, 0, 1, None, None] * u[None, :, None]
+    )
+    py = (
+        laf[:, 1, 2, None, None]
+        + laf[:, 1, 0, None, None] * u[None, None, :]
+        + laf[:, 1, 1, None, None] * u[None, :, None]
+    )
     level_img = img
     for lvl in range(int(level.max()) + 1):
         if lvl > 0:

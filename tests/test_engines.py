@@ -184,4 +184,4 @@ def test_commands_that_need_torch_say_so_in_one_line():
                           cwd=REPO, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs PyTorch" in lines[0] and 'featmatch[torch]' in lines[0], lines
+    assert len(lines) == 1 and "needs PyTorch" in lines[0] and "featmatch[torch]" in lines[0], lines

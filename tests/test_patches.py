@@ -81,7 +81,9 @@ def test_our_pyramid_sampler_equals_kornias(data_dir):
     diff = np.abs(got - want)
     # measured: max 6.6e-5, mean 2.0e-6 (float rounding of the interpolation weights)
     assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
-    np.testing.assert_allclose(extract_patches(kp.det_image, kp.det_xy, kp.det_size, kp.angle), got[: len(kp)], atol=1e-6)
+    np.testing.assert_allclose(
+        extract_patches(kp.det_image, kp.det_xy, kp.det_size, kp.angle), got[: len(kp)], atol=1e-6
+    )
     assert len(pyramid_levels(*kp.det_image.shape)) > 3  # the test crosses several levels
     # our frames are kornia's LAFs (keypoints_to_laf is the torch interop)
     import torch
