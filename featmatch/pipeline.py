@@ -16,6 +16,7 @@ import numpy as np
 
 from .descriptors import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
+from .engines import have_module
 from .errors import ConfigError
 from .geometry import GeometryConfig, HomographyEstimate, for_simulated_views
 from .geometry import estimate_homography as fit_homography
@@ -172,6 +173,7 @@ class Matcher:
         self.descriptor = descriptor
         self._describer = None
         self._build: Future | None = None
+        self._heavy_build = False
         self._device = "cpu"
         if descriptor in ("sift", "rootsift") and describer is None:
             detect = dataclasses.replace(detect, with_sift=True)  # one scale space for both stages
@@ -186,6 +188,8 @@ class Matcher:
             self._device = "cpu" if device == "auto" else resolve_device(device)
         elif background:
             check_descriptor_name(descriptor)
+            # an ONNX Runtime session on the CPU takes ~0.2 s to open; importing torch takes seconds
+            self._heavy_build = device == "cuda" or not have_module("onnxruntime")
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmatch-model")
             self._build = pool.submit(build_descriptor, descriptor, device=device, precision=precision)
             pool.shutdown(wait=False)
@@ -261,7 +265,7 @@ class Matcher:
         img2 = image2 if isinstance(image2, Image) else load_image(image2)
         timings["load"] = _ms(t0)
         t0 = time.perf_counter()
-        if self._describer is None:
+        if self._describer is None and self._heavy_build:
             # The CNN is still being built in the background (importing torch keeps one core
             # busy, and it is the longer job): detect on the other core, one image after the other.
             cv_threads = cv2.getNumThreads()
