@@ -6,6 +6,7 @@ The public API::
     result = featmatch.estimate_homography("a.jpg", "b.jpg", descriptor="hardnet")
     matcher = featmatch.Matcher("sift")          # reuse for many pairs
     features = featmatch.describe("a.jpg")
+    desc = featmatch.describe_patches(patches)   # (N, 32, 32) uint8 or float patches -> (N, 128)
 
 Submodules are imported on first use, so ``import featmatch`` stays cheap.
 """
@@ -23,6 +24,7 @@ _LAZY = {
     "MatchResult": "featmatch.pipeline",
     "Features": "featmatch.pipeline",
     "DESCRIPTORS": "featmatch.descriptors",
+    "describe_patches": "featmatch.descriptors",
     "stitch": "featmatch.stitching",
     "batch": "featmatch.batching",
     "load_image": "featmatch.imageio",

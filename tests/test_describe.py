@@ -53,8 +53,11 @@ def test_bf16_descriptors_close_to_fp32_or_refused_where_emulated(gray_photo):
 
 
 def test_describe_patches_accepts_numpy_torch_uint8_float_and_empty(gray_photo):
+    import featmatch
     from featmatch.descriptors import describe_patches
     from featmatch.patches import patches_for
+
+    assert featmatch.describe_patches is describe_patches  # the public API (issue 13)
 
     kps = detect(gray_photo, DetectConfig(max_keypoints=200))
     as_u8 = (patches_for(kps) * 255.0 + 0.5).astype(np.uint8)  # (N, 1, 32, 32) uint8 numpy
