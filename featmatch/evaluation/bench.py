@@ -431,6 +431,7 @@ def bench_pipeline(config: BenchConfig, models: Path, note: str, log: Callable[[
             "matches": rs[-1]["output"].get("matches"),
             "inliers": rs[-1]["output"].get("inliers"),
             "found_homography": rs[-1]["output"].get("homography") is not None,
+            "engine": rs[-1]["output"].get("engine"),
             "stages_ms": stages,
         }
     return {"images": [img1, img2], "keypoints": config.keypoints, "runs": config.pipeline_runs, "weights": note,
@@ -626,6 +627,10 @@ def format_report(result: dict) -> str:
                 f"{'yes' if r['found_homography'] else 'no'} | {stages} |"
             )
         rows = p["rows"]
+        engine = rows["featmatch hardnet"].get("engine")
+        if engine:
+            lines += ["", f"featmatch hardnet described with {engine['name']} {engine['variant'] or engine['precision']}: "
+                          f"{engine['why']}"]  # fmt: skip
         for ours, theirs in (
             ("featmatch sift", "opencv sift (script)"),
             ("featmatch hardnet", "kornia hardnet (script)"),
