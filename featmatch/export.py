@@ -6,6 +6,9 @@ beside the weights:
 - ``<name>.fp32.onnx``: BatchNorm folded into the convolutions, the per-patch input
   normalization (zero mean, unit standard deviation, torch's unbiased std) and the final L2
   normalization inside the graph, dynamic batch: ``(N, 1, 32, 32)`` float32 -> ``(N, 128)``.
+  The last convolution (an 8x8 kernel on its 8x8 input) is written as a ``Gemm`` on the flattened
+  activations: one matrix product over the batch instead of one matrix-vector product per patch
+  (in int8 ONNX Runtime's ``QGemm``; 1.5 instead of 7 ms per 256 patches on one core here, same outputs).
 - ``<name>.int8.onnx``: the same network in static QDQ form: every convolution's weights
   per output channel, symmetric int8 (``scale = max|w| / 127``), its bias int32 (``scale =
   input scale x weight scale``), every activation per tensor uint8 with the calibration's
@@ -114,7 +117,8 @@ def build_graph(convs, calibration=None, weight_levels: int | None = None, doc: 
     nodes, inits = [], []
 
     def const(name: str, value) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        if name not in {t.name for t in inits}:
+            inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def node(op: str, inputs: list[str], output: str, **attrs) -> str:
@@ -130,48 +134,65 @@ def build_graph(convs, calibration=None, weight_levels: int | None = None, doc: 
     std = node("Add", [node("Sqrt", [var], "std"), const("eps", np.float32(INPUT_EPS))], "std_eps")
     x = node("Div", [diff, std], "normalized")
 
-    def quant(t: str, tag: str, scale: float, zp: int) -> tuple[str, float]:
+    def quant(t: str, tag: str, scale: float, zp: int, flatten: bool = False) -> tuple[str, float]:
         s, z = const(f"{tag}_scale", np.float32(scale)), const(f"{tag}_zp", np.uint8(zp))
         q = node("QuantizeLinear", [t, s, z], f"{tag}_q")
+        if flatten:  # flattened as uint8, so that both neighbours fuse into integer kernels
+            q = node("Flatten", [q], f"{tag}_q_flat", axis=1)
         return node("DequantizeLinear", [q, s, z], f"{tag}_dq"), scale
 
+    def dq_weights(tag: str, w: np.ndarray, b: np.ndarray, in_scale: float) -> tuple[str, str]:
+        """int8 weights per output channel (axis 0) and int32 bias at in_scale x w_scale, dequantized."""
+        w_scale = (np.abs(w).reshape(w.shape[0], -1).max(1) / weight_levels).astype(np.float32)
+        w_scale = np.maximum(w_scale, np.float32(1e-12))
+        per_row = w_scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        qw = np.clip(np.round(w / per_row), -weight_levels, weight_levels).astype(np.int8)
+        wt = node(
+            "DequantizeLinear",
+            [const(f"{tag}_wq", qw), const(f"{tag}_ws", w_scale), const(f"{tag}_wzp", np.zeros(len(w), np.int8))],
+            f"{tag}_w",
+            axis=0,
+        )
+        b_scale = (np.float32(in_scale) * w_scale).astype(np.float32)
+        qb = np.round(b / b_scale).astype(np.int32)
+        bt = node(
+            "DequantizeLinear",
+            [const(f"{tag}_bq", qb), const(f"{tag}_bs", b_scale), const(f"{tag}_bzp", np.zeros(len(b), np.int32))],
+            f"{tag}_b",
+            axis=0,
+        )
+        return wt, bt
+
     in_scale = None
-    if calibration is not None:
-        x, in_scale = quant(x, "input", *_qparams(*calibration.input_range, ACTIVATION_LEVELS))
     for i, (w, b, stride, pad) in enumerate(convs):
         tag = f"conv{i + 1}"
-        if calibration is None:
-            wt, bt = const(f"{tag}_w", w), const(f"{tag}_b", b)
-        else:
-            w_scale = (np.abs(w).reshape(w.shape[0], -1).max(1) / weight_levels).astype(np.float32)
-            w_scale = np.maximum(w_scale, np.float32(1e-12))
-            qw = np.clip(np.round(w / w_scale[:, None, None, None]), -weight_levels, weight_levels).astype(np.int8)
-            wt = node(
-                "DequantizeLinear",
-                [const(f"{tag}_wq", qw), const(f"{tag}_ws", w_scale), const(f"{tag}_wzp", np.zeros(len(w), np.int8))],
-                f"{tag}_w",
-                axis=0,
-            )
-            b_scale = (np.float32(in_scale) * w_scale).astype(np.float32)
-            qb = np.round(b / b_scale).astype(np.int32)
-            bt = node(
-                "DequantizeLinear",
-                [const(f"{tag}_bq", qb), const(f"{tag}_bs", b_scale), const(f"{tag}_bzp", np.zeros(len(b), np.int32))],
-                f"{tag}_b",
-                axis=0,
-            )
-        x = node("Conv", [x, wt, bt], tag, kernel_shape=list(w.shape[2:]), strides=[stride, stride],
-                 pads=[pad] * 4)  # fmt: skip
         last = i == len(convs) - 1
-        if not last:
+        integer = calibration is not None
+        if last:
+            w = w.reshape(w.shape[0], -1)
+        if integer and i == 0:
+            x, in_scale = quant(x, "input", *_qparams(*calibration.input_range, ACTIVATION_LEVELS))
+        if integer:
+            wt, bt = dq_weights(tag, w, b, in_scale)
+        else:
+            wt, bt = const(f"{tag}_w", w), const(f"{tag}_b", b)
+        if last:
+            x = node("Gemm", [x, wt, bt], tag, transB=1)
+        else:
+            x = node("Conv", [x, wt, bt], tag, kernel_shape=list(w.shape[2:]), strides=[stride, stride],
+                     pads=[pad] * 4)  # fmt: skip
             x = node("Relu", [x], f"relu{i + 1}")
+        # the last convolution covers its whole 8x8 input: it runs as a matrix product over the
+        # batch (Gemm: one GEMM instead of one GEMV per patch) of the flattened activations
+        before_last = i == len(convs) - 2
         if calibration is not None:
             lo, hi = calibration.output_range if last else (0.0, calibration.relu_max[i])
-            x, in_scale = quant(x, f"act{i + 1}", *_qparams(lo, hi, ACTIVATION_LEVELS))
-    flat = node("Flatten", [x], "flat", axis=1)
-    norm = node("ReduceL2", [flat], "norm", axes=[1], keepdims=1)
+            x, in_scale = quant(x, f"act{i + 1}", *_qparams(lo, hi, ACTIVATION_LEVELS), flatten=before_last)
+        elif before_last:
+            x = node("Flatten", [x], "flat_in", axis=1)
+    norm = node("ReduceL2", [x], "norm", axes=[1], keepdims=1)
     norm = node("Max", [norm, const("tiny", np.float32(1e-12))], "norm_clamped")
-    node("Div", [flat, norm], "descriptors")
+    node("Div", [x, norm], "descriptors")
     graph = helper.make_graph(
         nodes,
         "featmatch_hardnet",
