@@ -105,9 +105,13 @@ def test_explicit_precisions():
 
 
 def test_cpuinfo_parsing():
-    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\ncpu MHz\t\t: 2596.1\n"
+    x86 = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu avx2 avx512f avx512_vnni\ncpu MHz\t\t: 2596.1\n"
+    )
     info = parse_cpuinfo(x86 + x86.replace(": 0", ": 1"), "x86_64", 2)
     assert info.isa() == ["AVX2", "AVX-512", "VNNI"] and info.mhz == pytest.approx(2596.1) and info.model == "AMD EPYC"
+    assert (info.vendor, info.family, info.avx512_on_256bit_units) == ("AuthenticAMD", 25, True)
     arm = parse_cpuinfo("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp bf16\n", "aarch64", 4)
     assert arm.isa() == ["BF16", "NEON", "DOTPROD"] and arm.mhz is None and arm.dotprod
     assert parse_cpuinfo("", "riscv64", 1).isa() == []

@@ -24,6 +24,8 @@ class CpuInfo:
         cores: usable cores of this process (its CPU affinity).
         mhz: clock in MHz as ``/proc/cpuinfo`` reports it (None where it does not).
         model: the model name.
+        vendor: ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``; empty where not reported).
+        family: x86 ``cpu family`` (None where not reported).
     """
 
     arch: str
@@ -31,6 +33,13 @@ class CpuInfo:
     cores: int
     mhz: float | None = None
     model: str = ""
+    vendor: str = ""
+    family: int | None = None
+
+    @property
+    def avx512_on_256bit_units(self) -> bool:
+        """AMD Zen 4 (family 25 with AVX-512) runs 512-bit instructions on 256-bit datapaths."""
+        return self.avx512 and self.vendor == "AuthenticAMD" and self.family == 25
 
     @property
     def x86(self) -> bool:
@@ -80,7 +89,8 @@ class CpuInfo:
         return [n for n, ok in names if ok]
 
     def to_json(self) -> dict:
-        return {"arch": self.arch, "model": self.model, "cores": self.cores, "mhz": self.mhz, "isa": self.isa()}
+        return {"arch": self.arch, "model": self.model, "vendor": self.vendor, "family": self.family,
+                "cores": self.cores, "mhz": self.mhz, "isa": self.isa()}  # fmt: skip
 
 
 def usable_cores() -> int:
@@ -94,7 +104,8 @@ def parse_cpuinfo(text: str, arch: str, cores: int) -> CpuInfo:
     """A :class:`CpuInfo` from the text of ``/proc/cpuinfo`` (the first processor's block)."""
     flags: set[str] = set()
     mhz: list[float] = []
-    model = ""
+    model = vendor = ""
+    family = None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -107,7 +118,15 @@ def parse_cpuinfo(text: str, arch: str, cores: int) -> CpuInfo:
                 pass
         elif key in ("model name", "cpu model") and not model:
             model = value.strip()
-    return CpuInfo(arch=arch.lower(), flags=frozenset(flags), cores=cores, mhz=max(mhz) if mhz else None, model=model)
+        elif key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "cpu family" and family is None:
+            try:
+                family = int(value)
+            except ValueError:
+                pass
+    return CpuInfo(arch=arch.lower(), flags=frozenset(flags), cores=cores, mhz=max(mhz) if mhz else None, model=model,
+                   vendor=vendor, family=family)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
