@@ -37,11 +37,6 @@ class CpuInfo:
     family: int | None = None
 
     @property
-    def avx512_on_256bit_units(self) -> bool:
-        """AMD Zen 4 (family 25 with AVX-512) runs 512-bit instructions on 256-bit datapaths."""
-        return self.avx512 and self.vendor == "AuthenticAMD" and self.family == 25
-
-    @property
     def x86(self) -> bool:
         return self.arch in ("x86_64", "amd64", "i686", "i386")
 
