@@ -34,8 +34,8 @@ DEFAULT_DESCRIPTOR = "hardnet"
 DEFAULT_BATCH_SIZE = 256
 #: Device choices of the CLI.
 DEVICES = ("auto", "cpu", "cuda")
-#: Precision choices of the CNN descriptors (:data:`featmatch.engines.select.PRECISIONS`; "auto":
-#: the fastest that keeps quality on this machine, see :mod:`featmatch.engines.select`).
+# PRECISIONS: the precision choices of the CNN descriptors (from :mod:`featmatch.engines.select`;
+# "auto": the fastest that keeps quality on this machine).
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DESCRIPTOR", "DESCRIPTORS", "DEVICES", "PRECISIONS", "CNNDescriptor",
            "SiftDescriptor", "build_descriptor", "check_descriptor_name", "describe_patches", "resolve_device"]  # fmt: skip
 
