@@ -85,6 +85,7 @@ def test_isa_limits_are_derived_per_cpu():
     vnni = isa_limits(AVX512_VNNI)  # 2 cores at 3 GHz
     assert (vnni["fp32"]["mac_per_cycle"], vnni["int8"]["mac_per_cycle"]) == (32, 128)
     assert vnni["int8"]["patches_per_s"] == pytest.approx(128 * 2 * 3e9 / HARDNET_MACS)
+    assert vnni["bf16"]["mac_per_cycle"] == 64 and "bf16" not in isa_limits(AVX2_ONLY)
     avx2 = isa_limits(AVX2_ONLY)
     assert (avx2["fp32"]["mac_per_cycle"], avx2["int8"]["mac_per_cycle"]) == (16, 32)
     assert "int8" not in isa_limits(NO_AVX2) and "int8" not in isa_limits(ARM_PLAIN)

@@ -183,6 +183,10 @@ ISA_MACS = {
         ("NEON", 8, "2 FMA pipes x 4 fp32 lanes (128-bit)"),
         ("", 8, "no FMA: 1 multiply + 1 add pipe x 4 fp32 lanes (128-bit SSE)"),
     ],
+    "bf16": [
+        ("AMX", 512, "AMX-BF16 TMUL: 512 bf16 MAC per cycle"),
+        ("AVX512_BF16", 64, "2 pipes x 32 bf16 MAC per vdpbf16ps (512-bit)"),
+    ],
     "int8": [
         ("AMX", 1024, "AMX-INT8 TMUL: 1024 u8 x s8 MAC per cycle"),
         ("AVX-512+VNNI", 128, "2 pipes x 64 u8 x s8 MAC per vpdpbusd (512-bit)"),
@@ -195,7 +199,7 @@ ISA_MACS = {
 
 
 def _kernels(cpu) -> dict:
-    """The ISA rows of :data:`ISA_MACS` that apply to ``cpu``: ``{"fp32": key, "int8": key or None}``."""
+    """The ISA rows of :data:`ISA_MACS` that apply to ``cpu``: ``{"fp32": key, "bf16": key or None, "int8": key or None}``."""
     if cpu.avx512:
         fp32 = "AVX-512"
     elif cpu.avx2:
@@ -214,7 +218,11 @@ def _kernels(cpu) -> dict:
         int8 = "AVX2"
     else:
         int8 = "DOTPROD" if cpu.dotprod else None
-    return {"fp32": fp32, "int8": int8}
+    if "amx_bf16" in cpu.flags:
+        bf16 = "AMX"
+    else:
+        bf16 = "AVX512_BF16" if "avx512_bf16" in cpu.flags else None
+    return {"fp32": fp32, "bf16": bf16, "int8": int8}
 
 
 def isa_limits(cpu) -> dict:
@@ -319,7 +327,8 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
     limits = isa_limits(cpu) if dev == "cpu" else {}
     for row in rows:
         for label, r in row["engines"].items():
-            lim = limits.get("int8" if "int8" in label else "fp32", {})
+            kind = "int8" if "int8" in label else ("bf16" if "bf16" in label else "fp32")
+            lim = limits.get(kind, {})
             r["share_of_isa_limit"] = r["per_s"] / lim["patches_per_s"] if lim.get("patches_per_s") else None
     return {
         "weights": note,
