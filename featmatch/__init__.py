@@ -7,6 +7,7 @@ The public API::
     matcher = featmatch.Matcher("sift")          # reuse for many pairs
     features = featmatch.describe("a.jpg")
     cv_kps = featmatch.to_cv_keypoints(features.keypoints)   # OpenCV / kornia interop
+    desc = featmatch.describe_patches(patches)   # (N, 32, 32) uint8 or float patches -> (N, 128)
 
 Submodules are imported on first use, so ``import featmatch`` stays cheap.
 """
@@ -32,7 +33,8 @@ _LAZY = {
     "Matcher": "featmatch.pipeline",
     "MatchResult": "featmatch.pipeline",
     "Features": "featmatch.pipeline",
-    "DESCRIPTORS": "featmatch.describe",
+    "DESCRIPTORS": "featmatch.descriptors",
+    "describe_patches": "featmatch.descriptors",
     "stitch": "featmatch.stitching",
     "batch": "featmatch.batching",
     "load_image": "featmatch.imageio",

@@ -7,7 +7,8 @@ Exit codes (the contract scripts rely on):
     3  no reliable homography (too few matches or inliers, or a degenerate estimate)
 
 Heavy modules (torch, kornia) load only when a command needs them, so ``featmatch --help``
-and ``featmatch match --descriptor sift`` never import torch.
+and ``featmatch match`` on a CPU never import torch. A command that needs PyTorch where it is
+not installed (train, calibrate, export, ...) says so in one line and exits 2.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LAZY_COMMANDS = {
     "eval-patches": "featmatch.train.cli:eval_patches",
     "calibrate": "featmatch.train.calibrate:calibrate_command",
     "whiten": "featmatch.train.whitening:whiten_command",
+    "export": "featmatch.export:export_command",
     "eval": "featmatch.evaluation.cli:eval_command",
     "bench": "featmatch.evaluation.cli:bench_command",
     "stitch": "featmatch.stitching.cli:stitch_command",
@@ -63,6 +65,15 @@ class FeatmatchGroup(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in ("torch", "kornia", "onnx"):
+                raise
+            from .engines import TORCH_INSTALL_HINT
+
+            what = f"featmatch {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "this command"
+            extra = " (and onnx: pip install onnx)" if exc.name.split(".")[0] == "onnx" else ""
+            click.echo(f"featmatch: error: {what} needs PyTorch: {TORCH_INSTALL_HINT}{extra}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("featmatch: interrupted", err=True)
             ctx.exit(130)
@@ -208,6 +219,11 @@ def match_command(
         if profile:
             t = result.timings_ms
             click.echo("profile (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()), err=True)
+            if result.engine:
+                e = result.engine
+                click.echo(
+                    f"engine: {e['name']} {e['variant'] or e['precision']} on {e['device']}: {e['why']}", err=True
+                )
         if not result.ok:
             click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
             sys.exit(EXIT_NO_HOMOGRAPHY)

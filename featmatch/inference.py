@@ -1,4 +1,4 @@
-"""Fast inference for the CNN descriptors: BN folding, channels-last, reduced precision, chunks.
+"""The torch engine's inference: BN folding, channels-last, reduced precision (bf16 / fp16), chunks.
 
 BatchNorm without affine parameters is ``(conv(x) - mean) / sqrt(var + eps)``, so at inference
 it folds into the convolution's weight and a bias. Dropout is the identity in eval mode.
@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -63,37 +61,6 @@ def fold_for_inference(model: nn.Module, device: str) -> nn.Module:
             i += 1
     folded = FoldedHardNet(nn.Sequential(*layers), model.normalize_input).eval()
     return folded.to(device=device, memory_format=torch.channels_last)
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU runs bf16 natively (AVX-512 BF16 / AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # older torch builds without the op
-        return False
-
-
-def pick_precision(precision: str, device: str, int8_ready: bool = False) -> str:
-    """Resolve ``auto`` to the precision used on ``device``.
-
-    ``auto`` is fp16 on CUDA; on the CPU int8 when ``int8_ready`` (the weights have a
-    calibration) and the CPU has VNNI, else bf16 when the CPU has native bf16, else fp32.
-    """
-    from .quantize import cpu_has_vnni
-
-    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
-        raise ConfigError(f"unknown precision '{precision}'; choose auto, fp32, bf16, fp16 or int8")
-    if precision != "auto":
-        if precision == "fp16" and device == "cpu":
-            raise ConfigError("fp16 is only supported on CUDA; use int8, bf16 or fp32 on the CPU")
-        if precision == "int8" and device != "cpu":
-            raise ConfigError("int8 runs on the CPU only; use fp16 or bf16 on CUDA")
-        return precision
-    if device == "cuda":
-        return "fp16"
-    if int8_ready and cpu_has_vnni():
-        return "int8"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,4 +1,4 @@
-"""The HardNet / L2-Net patch descriptor network and the one weight resolver.
+"""The HardNet / L2-Net patch descriptor network and loading its weights (files: :mod:`featmatch.weights`).
 
 Both learned descriptors, ``hardnet`` and ``exptloss``, use this architecture; they differ
 only in the loss they were trained with. Layer names match kornia's ``HardNet`` module, so a
@@ -7,9 +7,6 @@ state dict of ours loads into kornia's class too (the benchmarks rely on it).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
-import os
 from pathlib import Path
 
 import torch
@@ -18,11 +15,13 @@ from torch import nn
 
 from .errors import ConfigError, ModelNotFoundError
 from .patches import PATCH_SIZE
+from .weights import MODELS_ENV, models_dir, recorded_sha256, sha256_of, weight_path
+
+__all__ = ["DESCRIPTOR_DIM", "MODELS_ENV", "HardNet", "load_weights", "models_dir", "recorded_sha256",
+           "save_weights", "sha256_of", "weight_path"]  # fmt: skip
 
 #: Descriptor length.
 DESCRIPTOR_DIM = 128
-#: Environment variable that points the resolver at another models folder.
-MODELS_ENV = "FEATMATCH_MODELS"
 
 
 class HardNet(nn.Module):
@@ -71,40 +70,6 @@ class HardNet(nn.Module):
         return F.normalize(x.flatten(1).float(), dim=1)
 
 
-def models_dir() -> Path:
-    """Where weights are looked up: ``$FEATMATCH_MODELS``, else the package data ``featmatch.models``.
-
-    ``featmatch.models`` is the repository's ``models/`` folder, installed as a package (wheel
-    or editable install); a source tree that is only on ``PYTHONPATH`` falls back to its own
-    ``models/`` folder beside ``featmatch/``.
-    """
-    env = os.environ.get(MODELS_ENV)
-    if env:
-        return Path(env)
-    try:
-        return Path(str(importlib.resources.files("featmatch.models")))
-    except ModuleNotFoundError:  # not installed: a source tree on PYTHONPATH
-        return Path(__file__).resolve().parent.parent / "models"
-
-
-def weight_path(name: str) -> Path:
-    return models_dir() / f"{name}.pt"
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The digest recorded in ``<path>.sha256`` beside a weight file, or None without one."""
-    digest_file = Path(str(path) + ".sha256")
-    return digest_file.read_text().split()[0] if digest_file.is_file() else None
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_weights(model: nn.Module, path: Path, half: bool = True) -> Path:
     """Write a state dict (fp16 floats when ``half``) and its ``.sha256`` beside it."""
     state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
@@ -119,7 +84,7 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
 
     Raises:
         ModelNotFoundError: the file is missing, its sha256 does not match the recorded one,
-            or it does not fit the architecture.
+            or it does not fit the architecture (one line, with a short reason).
     """
     path = weight_path(name)
     if not path.is_file():
@@ -133,10 +98,50 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
         raise ModelNotFoundError(
             f"weights {path} do not match their recorded sha256 ({path}.sha256); the file is corrupt"
         )
+    state = read_state_dict(path)
+    model = HardNet()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = HardNet()
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    except Exception as exc:  # a broken or foreign file is a user problem, not a bug
-        raise ModelNotFoundError(f"weights {path} cannot be loaded: {exc}") from None
+    except RuntimeError:
+        want, got = set(model.state_dict()), set(state)
+        missing, unexpected = sorted(want - got), sorted(got - want)
+        reason = f"missing {', '.join(missing[:3])}" if missing else ""
+        if unexpected:
+            reason += ("; " if reason else "") + f"unexpected {', '.join(unexpected[:3])}"
+        raise ModelNotFoundError(
+            f"weights {path} cannot be loaded: not HardNet weights ({reason or 'tensor shapes differ'})"
+        ) from None
     return model.eval().to(device)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save``-d state dict, loaded safely (``weights_only``).
+
+    Raises:
+        ModelNotFoundError: a one-line reason when the file is empty, not a torch file, holds
+            objects other than tensors, or is not a ``{name: tensor}`` mapping.
+    """
+    import pickle
+    import warnings
+    import zipfile
+
+    if path.stat().st_size == 0:
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: the file is empty")
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False, which would run arbitrary code: never repeat it
+        if "global" in str(exc).lower():
+            raise ModelNotFoundError(
+                f"weights {path} cannot be loaded: it holds Python objects other than tensors (refused for safety)"
+            ) from None
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: not a PyTorch weight file (damaged?)") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, UnicodeDecodeError):
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: not a PyTorch weight file (damaged?)") from None
+    except Exception:  # any other failure of a foreign file is a user problem, not a bug
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: not a PyTorch weight file") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelNotFoundError(f"weights {path} cannot be loaded: it is not a state dict of tensors")
+    return state

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import click
 
-from .describe import DEVICES, PRECISIONS
+from .descriptors import DEVICES, PRECISIONS
 from .detect import C_INT_MAX, DEFAULT_MAX_KEYPOINTS, DEFAULT_MAX_SIDE, MAX_TILT_LIMIT
 from .geometry import DEFAULT_METHOD, DEFAULT_THRESHOLD, METHODS
 from .match import DEFAULT_RATIO
@@ -29,7 +29,7 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def descriptor_names() -> list[str]:
-    from .describe import DESCRIPTORS
+    from .descriptors import DESCRIPTORS
 
     return sorted(DESCRIPTORS)
 
@@ -128,8 +128,9 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="CNN arithmetic: auto = int8 on CPUs with VNNI (calibrated weights), else bf16 on CPUs "
-            "with native bf16, else fp32; fp16 on CUDA.",
+            help="CNN arithmetic: auto = the fastest that keeps quality here: int8 (ONNX Runtime) on x86 with "
+            "VNNI or AVX2 (7-bit weights there) and on ARM with dot products, fp32 (ONNX Runtime) on other CPUs or "
+            "torch fp32 without onnxruntime; fp16 on CUDA. bf16 only when asked for, on CPUs with native bf16.",
         ),
     ]
 

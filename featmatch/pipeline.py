@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .describe import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
+from .descriptors import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
 from .detect import DetectConfig, Keypoints, detect
+from .engines import have_module
 from .errors import ConfigError
 from .geometry import GeometryConfig, HomographyEstimate, for_simulated_views
 from .geometry import estimate_homography as fit_homography
@@ -60,6 +61,8 @@ class MatchResult:
             ``match``, ``geometry``, ``total``).
         reason: why ``homography`` is None (None on success).
         shapes: ``((H1, W1), (H2, W2))``.
+        engine: for a CNN descriptor, the engine that described
+            (``{"name", "precision", "variant", "device", "why"}``); None for SIFT.
     """
 
     homography: np.ndarray | None
@@ -71,6 +74,7 @@ class MatchResult:
     timings_ms: dict = field(default_factory=dict)
     reason: str | None = None
     shapes: tuple = ((0, 0), (0, 0))
+    engine: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -90,6 +94,7 @@ class MatchResult:
             "descriptor": self.descriptor,
             "timings_ms": {k: round(float(v), 2) for k, v in self.timings_ms.items()},
             "reason": self.reason,
+            "engine": self.engine,
         }
 
 
@@ -140,16 +145,16 @@ class Matcher:
     """A reusable two-image matcher.
 
     Args:
-        descriptor: a name from :data:`featmatch.describe.DESCRIPTORS`.
+        descriptor: a name from :data:`featmatch.descriptors.DESCRIPTORS`.
         detect: detector options.
         match: matcher options.
         geometry: homography options.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: CNN precision (see :class:`featmatch.describe.CNNDescriptor`).
+        precision: CNN precision (see :class:`featmatch.descriptors.CNNDescriptor`).
         describer: a ready descriptor callable (overrides ``descriptor``'s lookup; tests
             use it to plug in a random-weight CNN).
-        background: build a CNN descriptor (import torch and kornia, load, fold and quantize
-            the weights: about a second on a CPU) in a background thread, so that it overlaps
+        background: build a CNN descriptor (choose the engine, open the ONNX Runtime session,
+            or import torch and fold the weights) in a background thread, so that it overlaps
             with loading and detecting the first images. Errors of the build (missing
             weights, no CUDA) are then raised by the first call that describes.
     """
@@ -168,6 +173,7 @@ class Matcher:
         self.descriptor = descriptor
         self._describer = None
         self._build: Future | None = None
+        self._heavy_build = False
         self._device = "cpu"
         if descriptor in ("sift", "rootsift") and describer is None:
             detect = dataclasses.replace(detect, with_sift=True)  # one scale space for both stages
@@ -182,6 +188,8 @@ class Matcher:
             self._device = "cpu" if device == "auto" else resolve_device(device)
         elif background:
             check_descriptor_name(descriptor)
+            # an ONNX Runtime session on the CPU takes ~0.2 s to open; importing torch takes seconds
+            self._heavy_build = device == "cuda" or not have_module("onnxruntime")
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmatch-model")
             self._build = pool.submit(build_descriptor, descriptor, device=device, precision=precision)
             pool.shutdown(wait=False)
@@ -196,6 +204,14 @@ class Matcher:
             self._describer = self._build.result()  # re-raises the build's error
             self._device = self._describer.device
         return self._describer
+
+    @property
+    def engine(self) -> dict | None:
+        """The CNN's engine choice (``EngineChoice.to_json()``), None for SIFT or a plain callable."""
+        if self._describer is None and self.descriptor in ("sift", "rootsift"):
+            return None
+        choice = getattr(self.describer, "choice", None)
+        return choice.to_json() if choice is not None else None
 
     @property
     def device(self) -> str:
@@ -237,6 +253,7 @@ class Matcher:
             timings_ms=timings,
             reason=reason,
             shapes=(f1.image_shape, f2.image_shape),
+            engine=self.engine,
         )
 
     def match(self, image1: ImageLike | Image, image2: ImageLike | Image) -> MatchResult:
@@ -248,7 +265,7 @@ class Matcher:
         img2 = image2 if isinstance(image2, Image) else load_image(image2)
         timings["load"] = _ms(t0)
         t0 = time.perf_counter()
-        if self._describer is None:
+        if self._describer is None and self._heavy_build:
             # The CNN is still being built in the background (importing torch keeps one core
             # busy, and it is the longer job): detect on the other core, one image after the other.
             cv_threads = cv2.getNumThreads()

@@ -27,17 +27,23 @@ def test_bench_quick_runs_every_part_and_prints_ratios(data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["quick"] is True
-    assert {"describe", "pipeline", "knn"} <= set(result)
+    assert {"engines", "pipeline", "knn"} <= set(result)
     rows = result["pipeline"]["rows"]
     assert set(rows) == {"featmatch sift", "opencv sift (script)", "featmatch hardnet", "kornia hardnet (script)"}
     assert all(r["wall_s"] > 0 and r["peak_mb"] > 10 for r in rows.values())
     assert set(rows["featmatch sift"]["stages_ms"]) >= {"detect", "describe", "match", "geometry", "total"}
-    # featmatch's HardNet path and kornia's module give the same descriptors from the same weights
-    assert result["describe"]["rows"][0]["min_cosine_fp32_vs_kornia"] > 0.999
+    # featmatch's HardNet engines and kornia's module give the same descriptors from the same weights
+    engines = result["engines"]
+    row = engines["rows"][0]["engines"]
+    assert row["torch fp32"]["min_cosine_vs_kornia"] > 0.999 and row["onnx fp32"]["min_cosine_vs_kornia"] > 0.999
+    assert row["onnx int8"]["mean_cosine_vs_kornia"] > 0.99 and row["onnx int8-w7"]["mean_cosine_vs_kornia"] > 0.99
+    assert engines["auto_label"] in row and engines["auto"]["why"]
+    assert engines["cpu"]["cores"] >= 1 and engines["isa_limits"]["fp32"]["mac_per_cycle"] >= 8
     assert result["knn"]["rows"][0]["nn_agreement_torch_vs_faiss"] > 0.99
     text = format_report(result)
     ratio_lines = [line for line in text.splitlines() if line.startswith("ratio: ")]
-    assert any("describe" in line for line in ratio_lines)
+    assert any("describe" in line and "kornia" in line for line in ratio_lines)
+    assert "auto picks" in text and "ISA limit fp32" in text
     assert sum("pipeline" in line for line in ratio_lines) == 3  # sift vs opencv, hardnet vs kornia and vs opencv
     assert any("knn" in line for line in ratio_lines)
 
@@ -66,3 +72,21 @@ def test_bench_config_and_cli_validation():
     assert BenchConfig.quick().with_repeats(2).pipeline_runs == 2
     res = CliRunner().invoke(cli, ["bench", "--quick", "--only", "nothing"])
     assert res.exit_code == 2 and "unknown --only part" in res.output
+
+
+def test_isa_limits_are_derived_per_cpu():
+    from featmatch.evaluation.bench import HARDNET_MACS, isa_limits
+
+    from .test_engines import ARM_DOT, ARM_PLAIN, AVX2_ONLY, AVX512_VNNI, NO_AVX2
+
+    convs = [(32, 32, 32, 1, 9), (32, 32, 32, 32, 9), (16, 16, 64, 32, 9), (16, 16, 64, 64, 9), (8, 8, 128, 64, 9),
+             (8, 8, 128, 128, 9), (1, 1, 128, 128, 64)]  # fmt: skip
+    assert HARDNET_MACS == sum(h * w * co * ci * k for h, w, co, ci, k in convs)
+    vnni = isa_limits(AVX512_VNNI)  # 2 cores at 3 GHz
+    assert (vnni["fp32"]["mac_per_cycle"], vnni["int8"]["mac_per_cycle"]) == (32, 128)
+    assert vnni["int8"]["patches_per_s"] == pytest.approx(128 * 2 * 3e9 / HARDNET_MACS)
+    assert vnni["bf16"]["mac_per_cycle"] == 64 and "bf16" not in isa_limits(AVX2_ONLY)
+    avx2 = isa_limits(AVX2_ONLY)
+    assert (avx2["fp32"]["mac_per_cycle"], avx2["int8"]["mac_per_cycle"]) == (16, 32)
+    assert "int8" not in isa_limits(NO_AVX2) and "int8" not in isa_limits(ARM_PLAIN)
+    assert isa_limits(ARM_DOT)["int8"]["mac_per_cycle"] == 32

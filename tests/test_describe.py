@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from featmatch.describe import DESCRIPTORS, CNNDescriptor, SiftDescriptor, build_descriptor
+from featmatch.descriptors import DESCRIPTORS, CNNDescriptor, SiftDescriptor, build_descriptor
 from featmatch.detect import DetectConfig, detect
 from featmatch.errors import ConfigError, ModelNotFoundError
 from featmatch.inference import fold_for_inference
@@ -38,14 +38,45 @@ def test_folded_network_equals_original():
     assert torch.allclose(want.norm(dim=1), torch.ones(50), atol=1e-5)
 
 
-def test_bf16_descriptors_close_to_fp32(gray_photo):
+def test_bf16_descriptors_close_to_fp32_or_refused_where_emulated(gray_photo):
+    from featmatch.engines import probe_cpu
+
     kps = detect(gray_photo, DetectConfig(max_keypoints=300))
     net = _random_net()
     fp32 = CNNDescriptor("t", device="cpu", precision="fp32", model=net)(kps)
-    bf16 = CNNDescriptor("t", device="cpu", precision="bf16", model=net, batch_size=64)(kps)
     assert fp32.shape == (300, 128)
+    if not probe_cpu().bf16:  # bf16 is never emulated: asking for it is an error there
+        with pytest.raises(ConfigError, match="emulated"):
+            CNNDescriptor("t", device="cpu", precision="bf16", model=net)
+        return
+    bf16 = CNNDescriptor("t", device="cpu", precision="bf16", model=net, batch_size=64)(kps)
     cos = (fp32 * bf16).sum(1)
     assert cos.min() > 0.99
+
+
+def test_describe_patches_accepts_numpy_torch_uint8_float_and_empty(gray_photo):
+    import featmatch
+    from featmatch.descriptors import describe_patches
+    from featmatch.patches import patches_for
+
+    assert featmatch.describe_patches is describe_patches  # the public API (issue 13)
+
+    kps = detect(gray_photo, DetectConfig(max_keypoints=200))
+    as_u8 = (patches_for(kps) * 255.0 + 0.5).astype(np.uint8)  # (N, 1, 32, 32) uint8 numpy
+    as_float = torch.from_numpy(as_u8.astype(np.float32) / 255.0)  # the same values as a float tensor
+    d = CNNDescriptor("hardnet", device="cpu")
+    want = d.describe_patches(as_float)
+    assert want.shape == (200, 128) and want.dtype == np.float32
+    np.testing.assert_allclose(d.describe_patches(as_u8), want, atol=1e-6)
+    np.testing.assert_allclose(d.describe_patches(as_u8[:, 0]), want, atol=1e-6)  # (N, 32, 32)
+    np.testing.assert_allclose(describe_patches(torch.from_numpy(as_u8)), want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-5)
+    for empty in (np.zeros((0, 1, 32, 32), np.uint8), np.zeros((0, 32, 32), np.float32), torch.zeros(0, 1, 32, 32)):
+        assert describe_patches(empty).shape == (0, 128)
+    with pytest.raises(ConfigError, match="32, 32"):
+        d.describe_patches(np.zeros((4, 1, 16, 16), np.float32))
+    with pytest.raises(ConfigError, match="learned descriptor"):
+        describe_patches(as_u8, descriptor="sift")
 
 
 def test_weights_round_trip_and_checksum(tmp_path, monkeypatch):

@@ -166,7 +166,7 @@ def few_pairs(tmp_path_factory) -> list[Pair]:
 
 
 def test_random_descriptor_scores_near_zero_while_sift_scores_well(few_pairs):
-    from featmatch.describe import build_descriptor
+    from featmatch.descriptors import build_descriptor
     from featmatch.detect import DetectConfig
     from featmatch.evaluation.runner import EvalConfig, run_evaluation
 
@@ -191,7 +191,7 @@ def test_random_descriptor_scores_near_zero_while_sift_scores_well(few_pairs):
 
 
 def test_report_markdown_and_plot(few_pairs, tmp_path):
-    from featmatch.describe import build_descriptor
+    from featmatch.descriptors import build_descriptor
     from featmatch.detect import DetectConfig
     from featmatch.evaluation.report import markdown, plot, write_outputs
     from featmatch.evaluation.runner import EvalConfig, run_evaluation

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from featmatch.describe import CNNDescriptor
+from featmatch.descriptors import CNNDescriptor
 from featmatch.match import MatchConfig, _torch_knn, knn, match_descriptors
 from featmatch.network import HardNet
 

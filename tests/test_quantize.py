@@ -1,4 +1,8 @@
-"""Int8 inference: shipped calibrations, agreement with fp32, stale and missing calibrations."""
+"""Int8 inference: shipped calibrations, agreement with fp32, stale and missing calibrations.
+
+Nothing here depends on the CPU it runs on: the int8 files are run through ONNX Runtime, whose
+7-bit-weight file gives the same integer results on every x86 kernel, and the engine selection
+is tested with fake CPUs (tests/test_engines.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from featmatch.errors import ConfigError
-from featmatch.quantize import Calibration, _qparams, cpu_has_vnni, load_calibration, measure_ranges, quantize
+from featmatch.errors import ConfigError, ModelNotFoundError
+from featmatch.quantize import Calibration, _qparams, load_calibration, measure_ranges
 
 from .conftest import EVALDATA, REPO
 from .test_models import SHIPPED, describe_fp32, fixed_patches
@@ -23,7 +27,7 @@ def real_patches():
     from featmatch.patches import patches_for
 
     kp = detect(load_image(EVALDATA / "graf1.png").gray, DetectConfig(max_keypoints=1000))
-    return patches_for(kp)
+    return torch.from_numpy(patches_for(kp))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -37,7 +41,7 @@ def test_shipped_calibration_belongs_to_the_shipped_weights(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_int8_agrees_with_fp32_on_real_patches(name, real_patches):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     fp32 = CNNDescriptor(name, device="cpu", precision="fp32").describe_patches(real_patches)
     int8 = CNNDescriptor(name, device="cpu", precision="int8").describe_patches(real_patches)
@@ -48,28 +52,30 @@ def test_int8_agrees_with_fp32_on_real_patches(name, real_patches):
 
 
 def test_int8_on_fixed_patches_matches_the_golden_fp32(real_patches):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     want = describe_fp32("hardnet")
     got = CNNDescriptor("hardnet", device="cpu", precision="int8").describe_patches(fixed_patches())
     assert (got * want).sum(1).min() > 0.99
 
 
-def test_auto_picks_int8_only_with_vnni_and_a_calibration():
-    from featmatch.describe import CNNDescriptor
+def test_auto_picks_int8_only_where_it_pays_and_with_an_export():
+    from featmatch.descriptors import CNNDescriptor
+    from featmatch.engines import probe_cpu
+    from featmatch.engines.select import _int8_variant
 
     auto = CNNDescriptor("hardnet", device="cpu", precision="auto")
-    assert auto.precision == ("int8" if cpu_has_vnni() else auto.precision)
-    assert auto.precision in ("int8", "bf16", "fp32")
-    # a model without a calibration (e.g. random weights in the tests) never goes int8 on its own
+    variant, _ = _int8_variant(probe_cpu())
+    assert auto.choice.engine == "onnx" and auto.choice.variant == (variant or "fp32")
+    # a model without exports (e.g. random weights in the tests) never goes int8 on its own
     from featmatch.network import HardNet
 
     plain = CNNDescriptor("random", device="cpu", precision="auto", model=HardNet())
-    assert plain.precision in ("bf16", "fp32")
+    assert plain.precision == "fp32" and plain.choice.engine == "torch"
 
 
 def test_stale_or_missing_calibration(tmp_path, monkeypatch):
-    from featmatch.describe import CNNDescriptor
+    from featmatch.descriptors import CNNDescriptor
 
     for f in ("hardnet.pt", "hardnet.pt.sha256", "hardnet.int8.json"):
         shutil.copy(REPO / "models" / f, tmp_path / f)
@@ -80,39 +86,58 @@ def test_stale_or_missing_calibration(tmp_path, monkeypatch):
     stale["weights_sha256"] = "0" * 64
     (tmp_path / "hardnet.int8.json").write_text(json.dumps(stale))
     assert load_calibration("hardnet") is None
-    assert CNNDescriptor("hardnet", device="cpu", precision="auto").precision != "int8"
-    with pytest.raises(ConfigError, match="featmatch calibrate hardnet"):
+    # no exports in this folder: auto runs torch fp32, int8 says what to make
+    assert CNNDescriptor("hardnet", device="cpu", precision="auto").precision == "fp32"
+    with pytest.raises(ModelNotFoundError, match="featmatch calibrate hardnet"):
         CNNDescriptor("hardnet", device="cpu", precision="int8")
+    # exporting with a stale calibration writes only the fp32 file
+    from featmatch.export import export_model
+
+    result = export_model("hardnet")
+    assert set(result.files) == {"fp32"} and result.calibration_sha256 is None
+    assert CNNDescriptor("hardnet", device="cpu", precision="auto").choice.variant == "fp32"
 
     (tmp_path / "hardnet.int8.json").unlink()
-    with pytest.raises(ConfigError, match="int8 calibration"):
+    with pytest.raises(ModelNotFoundError, match="int8 ONNX export"):
         CNNDescriptor("hardnet", device="cpu", precision="int8")
 
 
 def test_int8_is_cpu_only():
-    from featmatch.inference import pick_precision
+    from featmatch.engines.select import pick_precision
 
     with pytest.raises(ConfigError, match="CPU only"):
         pick_precision("int8", "cuda")
     assert pick_precision("auto", "cuda", int8_ready=True) == "fp16"
 
 
-def test_measure_ranges_and_quantize_a_random_network(real_patches):
+def test_measure_ranges_and_quantize_a_random_network(real_patches, tmp_path):
+    """Ranges of a random network, its int8 export (8- and 7-bit weights) agrees with fp32 -- on any CPU:
+    ONNX Runtime's integer kernels give these results whatever the ISA (7-bit weights cannot saturate)."""
+    from featmatch.engines.onnx_engine import OnnxEngine
+    from featmatch.export import build_graph
     from featmatch.inference import fold_for_inference
     from featmatch.network import HardNet
 
     torch.manual_seed(3)
-    folded = fold_for_inference(HardNet().eval(), "cpu")
+    net = HardNet().eval()
+    folded = fold_for_inference(net, "cpu")
     calib = measure_ranges(folded, real_patches[:256], "x" * 64, "test")
     assert Calibration.from_json(json.loads(json.dumps(calib.to_json()))) == calib
     with torch.inference_mode():
-        ref = folded(real_patches[:256].contiguous(memory_format=torch.channels_last))
+        ref = folded(real_patches[:256].contiguous(memory_format=torch.channels_last)).numpy()
         normalized = folded.normalize_input(real_patches[:256])
     # the input range is a high percentile of what the network saw: inside the true extremes
     assert normalized.min() <= calib.input_range[0] < 0 < calib.input_range[1] <= normalized.max()
-    for vnni in (True, False):  # 8-bit and 7-bit activations
-        with torch.inference_mode():
-            got = quantize(folded, calib, vnni=vnni)(real_patches[:256])
+    convs = [(c.weight.detach().numpy(), c.bias.detach().numpy(), c.stride[0], c.padding[0])
+             for c in folded.body if isinstance(c, torch.nn.Conv2d)]  # fmt: skip
+    x = real_patches[:256].numpy()
+    fp32_path = tmp_path / "fp32.onnx"
+    fp32_path.write_bytes(build_graph(convs).SerializeToString())
+    np.testing.assert_allclose(OnnxEngine(fp32_path, "fp32", cached=False)(x), ref, atol=1e-4)
+    for levels in (127, 63):  # 8-bit and 7-bit weights
+        path = tmp_path / f"int8-{levels}.onnx"
+        path.write_bytes(build_graph(convs, calib, levels).SerializeToString())
+        got = OnnxEngine(path, "int8", cached=False)(x)
         assert (got * ref).sum(1).mean() > 0.99
 
 

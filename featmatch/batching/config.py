@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..describe import DESCRIPTORS, PRECISIONS
+from ..descriptors import DESCRIPTORS, PRECISIONS
 from ..detect import DetectConfig
 from ..errors import ConfigError
 from ..geometry import GeometryConfig
@@ -34,10 +34,10 @@ class BatchConfig:
     """What to compute for every image and pair.
 
     Attributes:
-        descriptor: a name of :data:`featmatch.describe.DESCRIPTORS`.
+        descriptor: a name of :data:`featmatch.descriptors.DESCRIPTORS`.
         detect, match, geometry: the stage options.
         device: where a CNN descriptor runs (``auto``, ``cpu``, ``cuda``).
-        precision: CNN arithmetic (see :class:`featmatch.describe.CNNDescriptor`).
+        precision: CNN arithmetic (see :class:`featmatch.descriptors.CNNDescriptor`).
         cache_dtype: ``float16`` (half the disk; SIFT's integer values are kept exactly) or ``float32``.
         save_matches: also keep every pair's inlier index pairs in the results.
     """
@@ -70,7 +70,7 @@ def _digest(obj: object) -> str:
 
 def weights_id(name: str) -> str:
     """The recorded sha256 of a CNN's weight file ('missing' when there is none yet)."""
-    from ..network import weight_path
+    from ..weights import weight_path
 
     digest = weight_path(name).with_name(f"{name}.pt.sha256")
     return digest.read_text().strip() if digest.is_file() else "missing"

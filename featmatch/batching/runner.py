@@ -201,11 +201,18 @@ def set_threads(n: int) -> dict:
 
         old["torch"] = torch.get_num_threads()
         torch.set_num_threads(n)
+    from ..engines import onnx_engine  # ONNX Runtime sessions built from now on use n threads
+
+    old["onnx"] = onnx_engine.set_threads(n)
     return old
 
 
 def _restore_threads(old: dict) -> None:
     cv2.setNumThreads(old["cv2"])
+    if "onnx" in old:
+        from ..engines import onnx_engine
+
+        onnx_engine.set_threads(old["onnx"])
     if "faiss" in old:
         import faiss
 

@@ -3,7 +3,7 @@
 Three parts, each printing ratios of numbers measured side by side on the same machine:
 
 - ``describe``: patches/s of featmatch's HardNet inference path
-  (:meth:`featmatch.describe.CNNDescriptor.describe_patches`: BN folded, channels-last, bf16
+  (:meth:`featmatch.descriptors.CNNDescriptor.describe_patches`: BN folded, channels-last, bf16
   where the CPU has it) against kornia's ``kornia.feature.HardNet`` loaded with the same
   state dict, in fp32, on the same real patches.
 - ``pipeline``: whole ``match`` processes on two real images: ``featmatch match`` (sift and
@@ -64,7 +64,7 @@ class BenchConfig:
     """
 
     device: str = "cpu"
-    batch_sizes: tuple[int, ...] = (256, 1024, 4096, 8192)
+    batch_sizes: tuple[int, ...] = (256, 1024)
     describe_repeats: int = 3
     images: tuple[Path, Path] = DEFAULT_IMAGES
     keypoints: int = 4000
@@ -122,22 +122,21 @@ def _sync(device: str) -> None:
 # weights
 
 
-def _hardnet_weights(tmp: Path) -> tuple[object, Path, str, object]:
+def _hardnet_weights(tmp: Path) -> tuple[object, Path, str, bool]:
     """The HardNet to benchmark: ``models/hardnet.pt`` if present, else a seeded random one.
 
     Returns:
-        ``(model, models_folder, note, calibration)``; the folder holds ``hardnet.pt`` (and its
-        int8 calibration, when it has one) for the subprocesses; ``calibration`` is that
-        calibration or None.
+        ``(model, models_folder, note, trained)``; the folder holds ``hardnet.pt`` (and its ONNX
+        exports, when it has them) for the subprocesses.
     """
     import torch
 
-    from ..network import HardNet, load_weights, models_dir, save_weights, weight_path
-    from ..quantize import load_calibration
+    from ..network import HardNet, load_weights, save_weights
+    from ..weights import models_dir, weight_path
 
     if weight_path("hardnet").is_file():
         note = f"trained weights {weight_path('hardnet')}"
-        return load_weights("hardnet"), models_dir(), note, load_calibration("hardnet")
+        return load_weights("hardnet"), models_dir(), note, True
     torch.manual_seed(0)
     net = HardNet().eval()
     with torch.no_grad():  # non-trivial BN statistics, so that BN folding does real work
@@ -147,81 +146,200 @@ def _hardnet_weights(tmp: Path) -> tuple[object, Path, str, object]:
                 m.running_var.uniform_(0.5, 2.0)
     save_weights(net, tmp / "hardnet.pt", half=False)
     note = "models/hardnet.pt does not exist yet: a SEEDED RANDOM HardNet (speed only, matches meaningless)"
-    return net, tmp, note, None
+    return net, tmp, note, False
 
 
-def _real_patches(image: Path, n: int):
+def _real_patches(image: Path, n: int) -> np.ndarray:
     """``(n, 1, 32, 32)`` float32 patches of real keypoints (tiled when the image has fewer)."""
-    import torch
-
     from ..detect import DetectConfig, detect
     from ..imageio import load_image
     from ..patches import patches_for
 
     kps = detect(load_image(image).gray, DetectConfig(max_keypoints=n))
-    patches = patches_for(kps, device="cpu")
+    patches = patches_for(kps)
     if len(patches) == 0:
         raise FeatmatchError(f"no keypoints in {image} for the descriptor benchmark")
     reps = -(-n // len(patches))
-    return torch.cat([patches] * reps)[:n].contiguous()
+    return np.ascontiguousarray(np.concatenate([patches] * reps)[:n])
 
 
 # ----------------------------------------------------------------------------------------------
-# part 1: descriptor throughput
+# part 1: engines (descriptor throughput) and the ISA's limit
+
+#: Multiply-accumulates of one HardNet patch: sum over the 7 convolutions of out_h x out_w x
+#: c_out x c_in x k x k (32x32x32x1x9 + 32x32x32x32x9 + 16x16x64x32x9 + 16x16x64x64x9 +
+#: 8x8x128x64x9 + 8x8x128x128x9 + 1x1x128x128x64 = 39,092,224).
+HARDNET_MACS = 39_092_224
+
+#: Peak MAC per cycle per core that each ISA allows, and how that number comes about: the textbook
+#: peaks of two vector pipes per core (cores with fewer wide pipes reach less). The clock is the
+#: one /proc/cpuinfo reports, in a VM often the nominal clock: where the core boosts above it,
+#: the measured share can exceed what the cycles allow (on this project's AMD EPYC, torch's int8
+#: once measured 18,814 patches/s, 111 % of the 2,596 MHz figure: the core runs faster).
+ISA_MACS = {
+    "fp32": [
+        ("AVX-512", 32, "2 FMA pipes x 16 fp32 lanes (512-bit)"),
+        ("AVX2", 16, "2 FMA pipes x 8 fp32 lanes (256-bit)"),
+        ("NEON", 8, "2 FMA pipes x 4 fp32 lanes (128-bit)"),
+        ("", 8, "no FMA: 1 multiply + 1 add pipe x 4 fp32 lanes (128-bit SSE)"),
+    ],
+    "bf16": [
+        ("AMX", 512, "AMX-BF16 TMUL: 512 bf16 MAC per cycle"),
+        ("AVX512_BF16", 64, "2 pipes x 32 bf16 MAC per vdpbf16ps (512-bit)"),
+    ],
+    "int8": [
+        ("AMX", 1024, "AMX-INT8 TMUL: 1024 u8 x s8 MAC per cycle"),
+        ("AVX-512+VNNI", 128, "2 pipes x 64 u8 x s8 MAC per vpdpbusd (512-bit)"),
+        ("VNNI", 64, "AVX-VNNI: 2 pipes x 32 u8 x s8 MAC per vpdpbusd (256-bit)"),
+        ("AVX-512", 64, "vpmaddubsw + vpmaddwd + vpaddd (512-bit): about 64 MAC per cycle"),
+        ("AVX2", 32, "vpmaddubsw + vpmaddwd + vpaddd (256-bit): about 32 MAC per cycle"),
+        ("DOTPROD", 32, "2 pipes x 16 MAC per SDOT/UDOT (128-bit)"),
+    ],
+}
 
 
-def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None], calibration=None) -> dict:
-    """patches/s of featmatch (precision auto, bf16 and fp32) vs kornia HardNet fp32, same weights and patches.
+def _kernels(cpu) -> dict:
+    """The ISA rows of :data:`ISA_MACS` that apply to ``cpu``: ``{"fp32": key, "bf16": key or None, "int8": key or None}``."""
+    if cpu.avx512:
+        fp32 = "AVX-512"
+    elif cpu.avx2:
+        fp32 = "AVX2"
+    else:
+        fp32 = "NEON" if cpu.neon else ""
+    if cpu.amx:
+        int8 = "AMX"
+    elif cpu.avx512 and "avx512_vnni" in cpu.flags:
+        int8 = "AVX-512+VNNI"
+    elif cpu.vnni:
+        int8 = "VNNI"
+    elif cpu.avx512 and "avx512bw" in cpu.flags:
+        int8 = "AVX-512"
+    elif cpu.avx2:
+        int8 = "AVX2"
+    else:
+        int8 = "DOTPROD" if cpu.dotprod else None
+    if "amx_bf16" in cpu.flags:
+        bf16 = "AMX"
+    else:
+        bf16 = "AVX512_BF16" if "avx512_bf16" in cpu.flags else None
+    return {"fp32": fp32, "bf16": bf16, "int8": int8}
 
-    ``calibration``: the int8 calibration of ``net`` (auto picks int8 with it on VNNI CPUs).
+
+def isa_limits(cpu) -> dict:
+    """Patches/s the ISA allows for fp32 and int8: MAC/cycle/core x cores x clock / HARDNET_MACS.
+
+    Returns:
+        ``{"fp32": {...}, "int8": {...}}``, each with ``isa``, ``mac_per_cycle``, ``derivation`` and
+        ``patches_per_s`` (None where the clock is unknown); int8 is absent without an int8 kernel.
     """
+    out = {}
+    ghz = cpu.mhz / 1000.0 if cpu.mhz else None
+    for precision, key in _kernels(cpu).items():
+        if key is None:
+            continue
+        macs, how = next((m, h) for k, m, h in ISA_MACS[precision] if k == key)
+        derivation = f"{macs} MAC/cycle/core ({how})"
+        if ghz:
+            derivation += f" x {cpu.cores} cores x {ghz:.3f} GHz (/proc/cpuinfo) / {HARDNET_MACS / 1e6:.2f} M MAC/patch"
+        out[precision] = {
+            "isa": key or "SSE",
+            "mac_per_cycle": macs,
+            "derivation": derivation,
+            "patches_per_s": macs * cpu.cores * ghz * 1e9 / HARDNET_MACS if ghz else None,
+        }
+    return out
+
+
+def _engine_candidates(device: str, net, trained: bool, cpu) -> list[tuple[str, Callable[[], object]]]:
+    """``(label, build)`` of every engine x precision available here."""
+    from ..engines import have_module
+    from ..engines.onnx_engine import OnnxEngine
+    from ..engines.select import fresh_exports
+    from ..engines.torch_engine import TorchEngine
+    from ..inference import fold_for_inference
+    from ..weights import onnx_path
+
+    out: list[tuple[str, Callable[[], object]]] = []
+    if device == "cpu" and trained and have_module("onnxruntime"):
+        exports, _ = fresh_exports("hardnet")
+        for variant in ("fp32", "int8", "int8-w7"):
+            if variant in exports:
+                prec = "fp32" if variant == "fp32" else "int8"
+                out.append((f"onnx {variant}", lambda v=variant, p=prec: OnnxEngine(onnx_path("hardnet", v), p,
+                                                                                     variant=v)))  # fmt: skip
+    precisions = ["fp32", "bf16"] if device == "cpu" and cpu.bf16 else ["fp32"]
+    if device == "cuda":
+        precisions = ["fp32", "fp16"]
+    for p in precisions:
+        out.append((f"torch {p}", lambda p=p: TorchEngine(fold_for_inference(net, device), p, device)))
+    return out
+
+
+def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None], trained: bool = True) -> dict:
+    """patches/s of every engine x precision vs kornia's HardNet fp32, same weights and patches;
+    what ``auto`` picks and why; the ISA's limit and the share of it reached."""
     import kornia.feature as KF
     import torch
 
-    from ..describe import CNNDescriptor
+    from ..descriptors import CNNDescriptor
+    from ..engines import probe_cpu
 
+    cpu = probe_cpu()
+    dev = config.device
     n_max = max(config.batch_sizes)
     patches = _real_patches(bench_images(config)[0], n_max)
-    dev = config.device
     kornia_net = KF.HardNet(pretrained=False)
     kornia_net.load_state_dict(net.state_dict(), strict=True)  # same layer names: the same weights
     kornia_net = kornia_net.eval().to(dev)
+
+    def kornia_run(x):  # CPU patches in, CPU descriptors out, as an engine
+        with torch.inference_mode():
+            out = kornia_net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+        _sync(dev)
+        return out
+
+    auto = CNNDescriptor("hardnet", device=dev, model=None if trained else net)
+    engines = [(label, build()) for label, build in _engine_candidates(dev, net, trained, cpu)]
     rows = []
     for bs in config.batch_sizes:
         x = patches[:bs]
-        ours_auto = CNNDescriptor(
-            "hardnet", device=dev, precision="auto", batch_size=bs, model=net, calibration=calibration
-        )
-        ours_fp32 = CNNDescriptor("hardnet", device=dev, precision="fp32", batch_size=bs, model=net)
-        ours_bf16 = CNNDescriptor("hardnet", device=dev, precision="bf16", batch_size=bs, model=net)
+        log(f"bench engines: batch {bs}: kornia")
+        t_k = _median_time(lambda x=x: kornia_run(x), config.describe_repeats)
+        ref = kornia_run(x)
+        row: dict = {"batch": bs, "kornia_fp32_per_s": bs / t_k, "engines": {}}
+        for label, engine in engines:
+            log(f"bench engines: batch {bs}: {label}")
 
-        def kornia_run(x=x):  # like describe_patches: CPU patches in, CPU descriptors out
-            with torch.inference_mode():
-                return kornia_net(x.to(dev)).float().cpu()
+            def run(e=engine, x=x):
+                out = e(x)
+                _sync(dev)
+                return out
 
-        log(f"bench describe: batch {bs}")
-        t_k = _median_time(kornia_run, config.describe_repeats)
-        t_a = _median_time(lambda o=ours_auto, x=x: o.describe_patches(x), config.describe_repeats)
-        t_f = _median_time(lambda o=ours_fp32, x=x: o.describe_patches(x), config.describe_repeats)
-        t_b = _median_time(lambda o=ours_bf16, x=x: o.describe_patches(x), config.describe_repeats)
-        ref = kornia_run().numpy()
-        cos_auto = float(np.min(np.sum(ref * ours_auto.describe_patches(x), axis=1)))
-        cos_fp32 = float(np.min(np.sum(ref * ours_fp32.describe_patches(x), axis=1)))
-        rows.append(
-            {
-                "batch": bs,
-                "kornia_fp32_per_s": bs / t_k,
-                "featmatch_fp32_per_s": bs / t_f,
-                "featmatch_bf16_per_s": bs / t_b,
-                "featmatch_auto_per_s": bs / t_a,
-                "featmatch_auto_precision": ours_auto.precision,
-                "ratio_auto_vs_kornia": t_k / t_a,
-                "ratio_fp32_vs_kornia": t_k / t_f,
-                "min_cosine_auto_vs_kornia": cos_auto,
-                "min_cosine_fp32_vs_kornia": cos_fp32,
+            t = _median_time(run, config.describe_repeats)
+            cos = np.sum(ref * run(), axis=1)
+            row["engines"][label] = {
+                "per_s": bs / t,
+                "ratio_vs_kornia": t_k / t,
+                "min_cosine_vs_kornia": float(cos.min()),
+                "mean_cosine_vs_kornia": float(cos.mean()),
             }
-        )
-    return {"weights": note, "device": dev, "torch_threads": torch.get_num_threads(), "rows": rows}
+        rows.append(row)
+    limits = isa_limits(cpu) if dev == "cpu" else {}
+    for row in rows:
+        for label, r in row["engines"].items():
+            kind = "int8" if "int8" in label else ("bf16" if "bf16" in label else "fp32")
+            lim = limits.get(kind, {})
+            r["share_of_isa_limit"] = r["per_s"] / lim["patches_per_s"] if lim.get("patches_per_s") else None
+    return {
+        "weights": note,
+        "device": dev,
+        "cpu": cpu.to_json(),
+        "auto": auto.choice.to_json(),
+        "auto_label": auto.choice.label,
+        "torch_threads": torch.get_num_threads(),
+        "isa_limits": limits,
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,6 +442,7 @@ def bench_pipeline(config: BenchConfig, models: Path, note: str, log: Callable[[
             "matches": rs[-1]["output"].get("matches"),
             "inliers": rs[-1]["output"].get("inliers"),
             "found_homography": rs[-1]["output"].get("homography") is not None,
+            "engine": rs[-1]["output"].get("engine"),
             "stages_ms": stages,
         }
     return {"images": [img1, img2], "keypoints": config.keypoints, "runs": config.pipeline_runs, "weights": note,
@@ -405,7 +524,11 @@ def _faiss_threads() -> int | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_bench(config: BenchConfig, parts: tuple[str, ...] = ("describe", "pipeline", "knn"), log=None) -> dict:
+#: The parts of ``featmatch bench`` (``describe`` is the engines table's old name).
+PARTS = ("engines", "pipeline", "knn")
+
+
+def run_bench(config: BenchConfig, parts: tuple[str, ...] = PARTS, log=None) -> dict:
     """Run the selected parts; returns a JSON-able dict (see :func:`format_report`)."""
     log = log or (lambda msg: logger.info(msg))
     out: dict = {
@@ -416,11 +539,12 @@ def run_bench(config: BenchConfig, parts: tuple[str, ...] = ("describe", "pipeli
     }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="featmatch-bench-") as tmp:
-        net, models, note, calibration = (None, None, None, None)
-        if "describe" in parts or "pipeline" in parts:
-            net, models, note, calibration = _hardnet_weights(Path(tmp))
-        if "describe" in parts:
-            out["describe"] = bench_describe(config, net, note, log, calibration)
+        net, models, note, trained = (None, None, None, False)
+        parts = tuple("engines" if p == "describe" else p for p in parts)
+        if "engines" in parts or "pipeline" in parts:
+            net, models, note, trained = _hardnet_weights(Path(tmp))
+        if "engines" in parts:
+            out["engines"] = bench_describe(config, net, note, log, trained)
         if "pipeline" in parts:
             out["pipeline"] = bench_pipeline(config, models, note, log)
         if "knn" in parts:
@@ -450,27 +574,53 @@ def format_report(result: dict) -> str:
         "",
     ]
     ratios = []
-    d = result.get("describe")
+    d = result.get("engines")
     if d:
+        c = d["cpu"]
+        lines += [
+            f"### CPU: {c['model'] or c['arch']} ({c['arch']}), {c['cores']} usable cores, "
+            f"{_f(c['mhz'], 0)} MHz (/proc/cpuinfo); ISA: {', '.join(c['isa']) or 'none of note'}",
+            "",
+            f"auto picks **{d['auto_label']}**: {d['auto']['why']}",
+            "",
+        ]
+        for precision, lim in d["isa_limits"].items():
+            lines.append(f"- ISA limit {precision} ({lim['isa']}): {lim['derivation']} = "
+                         f"{_f(lim['patches_per_s'], 0)} patches/s")  # fmt: skip
+        if d["isa_limits"]:
+            lines.append("")
         lines += [
             f"### descriptor throughput (patches/s), {d['weights']}; torch threads {d['torch_threads']}",
             "",
-            "| batch | kornia HardNet fp32 | featmatch fp32 | featmatch bf16 | featmatch auto | auto = "
-            "| featmatch auto / kornia | min cos(auto, kornia) |",
-            "|---:|---:|---:|---:|---:|---|---:|---:|",
+            "| batch | engine | patches/s | vs kornia HardNet fp32 | share of ISA limit | min / mean cos vs kornia |",
+            "|---:|---|---:|---:|---:|---|",
         ]
         for r in d["rows"]:
             lines.append(
-                f"| {r['batch']} | {_f(r['kornia_fp32_per_s'], 0)} | {_f(r['featmatch_fp32_per_s'], 0)} | "
-                f"{_f(r.get('featmatch_bf16_per_s'), 0)} | "
-                f"{_f(r['featmatch_auto_per_s'], 0)} | {r['featmatch_auto_precision']} | "
-                f"{r['ratio_auto_vs_kornia']:.2f}x | {r['min_cosine_auto_vs_kornia']:.4f} |"
+                f"| {r['batch']} | kornia HardNet fp32 (baseline) | {_f(r['kornia_fp32_per_s'], 0)} | 1.00x | | |"
             )
-            ratios.append(
-                f"ratio: describe batch {r['batch']}: featmatch ({r['featmatch_auto_precision']}) speed "
-                f"{r['ratio_auto_vs_kornia']:.2f}x kornia HardNet fp32 (featmatch fp32: {r['ratio_fp32_vs_kornia']:.2f}x; "
-                ">1: featmatch faster)"
-            )
+            for label, e in r["engines"].items():
+                share = e.get("share_of_isa_limit")
+                mark = " (auto)" if label == d["auto_label"] else ""
+                lines.append(
+                    f"| {r['batch']} | {label}{mark} | {_f(e['per_s'], 0)} | {e['ratio_vs_kornia']:.2f}x | "
+                    f"{'-' if share is None else f'{100 * share:.0f} %'} | "
+                    f"{e['min_cosine_vs_kornia']:.4f} / {e['mean_cosine_vs_kornia']:.5f} |"
+                )
+            auto_row = r["engines"].get(d["auto_label"])
+            if auto_row:
+                ratios.append(
+                    f"ratio: describe batch {r['batch']}: featmatch auto ({d['auto_label']}) speed "
+                    f"{auto_row['ratio_vs_kornia']:.2f}x kornia HardNet fp32 (>1: featmatch faster)"
+                )
+            int8 = [(lbl, e) for lbl, e in r["engines"].items() if "int8" in lbl and e.get("share_of_isa_limit")]
+            if int8:
+                lbl, e = max(int8, key=lambda kv: kv[1]["per_s"])
+                ratios.append(
+                    f"ratio: describe batch {r['batch']}: {lbl} reaches {100 * e['share_of_isa_limit']:.0f} % of the "
+                    f"ISA's int8 limit ({_f(e['per_s'], 0)} of {_f(d['isa_limits']['int8']['patches_per_s'], 0)} "
+                    "patches/s)"
+                )
         lines.append("")
     p = result.get("pipeline")
     if p:
@@ -488,6 +638,10 @@ def format_report(result: dict) -> str:
                 f"{'yes' if r['found_homography'] else 'no'} | {stages} |"
             )
         rows = p["rows"]
+        engine = rows["featmatch hardnet"].get("engine")
+        if engine:
+            lines += ["", f"featmatch hardnet described with {engine['name']} {engine['variant'] or engine['precision']}: "
+                          f"{engine['why']}"]  # fmt: skip
         for ours, theirs in (
             ("featmatch sift", "opencv sift (script)"),
             ("featmatch hardnet", "kornia hardnet (script)"),

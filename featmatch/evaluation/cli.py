@@ -27,7 +27,7 @@ PEER_DIR_HELP = (
 
 
 def _parse_names(value: str) -> list[str]:
-    from ..describe import DESCRIPTORS
+    from ..descriptors import DESCRIPTORS
 
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
@@ -185,15 +185,18 @@ def select_groups(pairs: list, groups: str) -> list:
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Repeats per measurement (median).")
 @click.option(
     "--only",
-    default="describe,pipeline,knn",
+    default="engines,pipeline,knn",
     show_default=True,
-    help="Comma-separated parts: describe (CNN throughput), pipeline (whole processes), knn (matching alone).",
+    help="Comma-separated parts: engines (CPU ISA, auto's choice, patches/s of every engine x precision and "
+    "the ISA's limit; a few seconds), pipeline (whole processes), knn (matching alone). describe = engines.",
 )
 def bench_command(quick, as_json, device, repeats, only):
     """Benchmark featmatch against OpenCV and kornia, side by side, in one run.
 
     \b
-    describe: patches/s of featmatch's HardNet inference vs kornia's HardNet (same weights, fp32)
+    engines:  the CPU's ISA and cores, what --precision auto picks and why, patches/s of every
+              engine x precision (onnx fp32/int8/int8-w7, torch fp32/bf16) vs kornia's HardNet
+              fp32 (same weights), and the ISA's limit (MAC/cycle x cores x clock)
     pipeline: whole `match` processes on river1/river2: featmatch sift/hardnet vs an OpenCV
               script vs a kornia script (benchmarks/*.py), wall time and peak memory
     knn:      k=2 search: FAISS vs OpenCV BFMatcher vs torch cdist
@@ -204,18 +207,18 @@ def bench_command(quick, as_json, device, repeats, only):
     \b
     Examples:
       featmatch bench --quick                   # seconds: checks that every part runs
-      featmatch bench --only describe,knn --json
+      featmatch bench --only engines,knn --json
     """
     from .bench import BENCHMARKS_DIR, BenchConfig, format_report, run_bench
 
     parts = tuple(p.strip() for p in only.split(",") if p.strip())
-    bad = [p for p in parts if p not in ("describe", "pipeline", "knn")]
+    bad = [p for p in parts if p not in ("engines", "describe", "pipeline", "knn")]
     if bad or not parts:
-        raise ConfigError(f"unknown --only part '{bad[0] if bad else only}'; choose from describe, pipeline, knn")
+        raise ConfigError(f"unknown --only part '{bad[0] if bad else only}'; choose from engines, pipeline, knn")
     if "pipeline" in parts and not BENCHMARKS_DIR.is_dir():
         raise ConfigError(
             "bench's pipeline part runs competitor scripts from a source checkout (benchmarks/): run it in a "
-            "clone of featmatch, or use --only describe,knn"
+            "clone of featmatch, or use --only engines,knn"
         )
     config = BenchConfig.quick(device) if quick else BenchConfig(device=device)
     if repeats is not None:

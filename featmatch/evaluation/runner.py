@@ -183,7 +183,7 @@ def build_describers(
         ConfigError: an unknown name.
         ModelNotFoundError: missing weights (without ``skip_missing``).
     """
-    from ..describe import build_descriptor
+    from ..descriptors import build_descriptor
 
     describers: dict[str, Describer] = {}
     skipped: dict[str, str] = {}

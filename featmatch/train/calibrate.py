@@ -46,11 +46,15 @@ def calibration_patches(data_root: Path, per_photo: int = PER_PHOTO, seed: int =
         chunks.append(extract_patches(kp.det_image, kp.det_xy[idx], kp.det_size[idx], kp.angle[idx]))
     if not chunks:
         raise ConfigError(f"no calibration patches found in the train photos under {data_root}")
-    return torch.cat(chunks)
+    return torch.from_numpy(np.concatenate(chunks))
 
 
-def calibrate(name: str, data_root: Path, per_photo: int = PER_PHOTO):
-    """Measure and write ``models/<name>.int8.json``; returns ``(Calibration, path, num_patches)``."""
+def calibrate(name: str, data_root: Path, per_photo: int = PER_PHOTO, export: bool = True):
+    """Measure and write ``models/<name>.int8.json``; returns ``(Calibration, path, num_patches)``.
+
+    With ``export`` (and the onnx package installed) the ONNX exports are rewritten from the new
+    ranges too (:func:`featmatch.export.export_model`, about a second).
+    """
     from ..inference import fold_for_inference
     from ..network import load_weights, sha256_of, weight_path
     from ..quantize import calibration_path, measure_ranges
@@ -64,6 +68,13 @@ def calibrate(name: str, data_root: Path, per_photo: int = PER_PHOTO):
     calib = measure_ranges(folded, patches, sha256_of(weight_path(name)), source)
     path = calibration_path(name)
     path.write_text(json.dumps(calib.to_json(), indent=2) + "\n")
+    if export:
+        from ..engines import have_module
+
+        if have_module("onnx"):
+            from ..export import export_model
+
+            export_model(name)
     return calib, path, len(patches)
 
 
@@ -73,8 +84,8 @@ def calibrate(name: str, data_root: Path, per_photo: int = PER_PHOTO):
 
 Runs each model in fp32 on about 11,000 patches of the TRAIN photos and writes
 <NAME>.int8.json beside the weights, in $FEATMATCH_MODELS (in a source checkout: models/);
-it records the sha256 of the weights (retrain -> recalibrate). It never writes into an
-installed featmatch.
+it records the sha256 of the weights (retrain -> recalibrate). Then it rewrites the ONNX
+exports (featmatch export) from it. It never writes into an installed featmatch.
 
 \b
 Examples:

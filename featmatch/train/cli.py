@@ -167,7 +167,7 @@ def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - r
     """``sift``, a model name in models/, or ``label=path.pt`` -> (label, patches -> descriptors).
 
     ``precision`` other than fp32 runs a model name through featmatch's inference path
-    (:class:`featmatch.describe.CNNDescriptor`), as ``match`` does.
+    (:class:`featmatch.descriptors.CNNDescriptor`), as ``match`` does.
     """
     from .metrics import describe_patches, sift_patch_descriptors
 
@@ -192,7 +192,7 @@ def _resolve_descriptor(spec: str, precision: str = "fp32"):  # noqa: ANN202 - r
             raise ModelNotFoundError(f"weights {path} cannot be loaded: {exc}") from None
         model.eval()
     elif precision != "fp32":
-        from ..describe import CNNDescriptor
+        from ..descriptors import CNNDescriptor
 
         describer = CNNDescriptor(spec, device="cpu", precision=precision)
         return f"{spec}@{describer.precision}", lambda patches: torch.from_numpy(

@@ -485,7 +485,7 @@ def downscale(gray: np.ndarray, max_side: int) -> np.ndarray:
 
 def _patches(kp: Keypoints, idx: np.ndarray) -> torch.Tensor:
     """uint8 ``(len(idx), 1, 32, 32)`` patches of the selected keypoints."""
-    p = extract_patches(kp.det_image, kp.det_xy[idx], kp.det_size[idx], kp.angle[idx])
+    p = torch.from_numpy(extract_patches(kp.det_image, kp.det_xy[idx], kp.det_size[idx], kp.angle[idx]))
     return (p * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
