@@ -86,7 +86,7 @@ def test_bench_pipeline_outside_a_checkout_is_one_line_exit_2(monkeypatch, tmp_p
 
     monkeypatch.setattr(bench, "BENCHMARKS_DIR", tmp_path / "benchmarks")
     line = _one_line_exit_2(CliRunner().invoke(cli, ["bench", "--quick"]))
-    assert "source checkout" in line and "--only describe,knn" in line
+    assert "source checkout" in line and "--only engines,knn" in line
 
 
 def _texture(rng: np.random.Generator, side: int = 160) -> np.ndarray:

@@ -25,8 +25,8 @@ def real_patches(data_dir) -> torch.Tensor:
     from featmatch.imageio import load_image
     from featmatch.patches import patches_for
 
-    return patches_for(
-        detect(load_image(data_dir / "opencv-samples" / "graf1.png").gray, DetectConfig(max_keypoints=300))
+    return torch.from_numpy(
+        patches_for(detect(load_image(data_dir / "opencv-samples" / "graf1.png").gray, DetectConfig(max_keypoints=300)))
     )
 
 
