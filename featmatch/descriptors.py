@@ -187,17 +187,9 @@ class CNNDescriptor:
 
 def _check_weights_exist(name: str) -> None:
     """A missing ``.pt`` fails with the training advice, whichever engine would run it."""
-    from .weights import MODELS_ENV, weight_path
+    from .weights import existing_weight_path
 
-    path = weight_path(name)
-    if not path.is_file():
-        from .errors import ModelNotFoundError
-
-        raise ModelNotFoundError(
-            f"no weights for descriptor '{name}': {path} does not exist. featmatch never downloads "
-            f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
-            f"{MODELS_ENV} to a folder that has {name}.pt"
-        )
+    existing_weight_path(name)
 
 
 def as_patch_array(patches) -> np.ndarray:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelNotFoundError
 from .patches import PATCH_SIZE
-from .weights import MODELS_ENV, models_dir, recorded_sha256, sha256_of, weight_path
+from .weights import MODELS_ENV, existing_weight_path, models_dir, recorded_sha256, sha256_of, weight_path
 
 __all__ = ["DESCRIPTOR_DIM", "MODELS_ENV", "HardNet", "load_weights", "models_dir", "recorded_sha256",
            "save_weights", "sha256_of", "weight_path"]  # fmt: skip
@@ -86,13 +86,7 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
         ModelNotFoundError: the file is missing, its sha256 does not match the recorded one,
             or it does not fit the architecture (one line, with a short reason).
     """
-    path = weight_path(name)
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"no weights for descriptor '{name}': {path} does not exist. featmatch never downloads "
-            f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
-            f"{MODELS_ENV} to a folder that has {name}.pt"
-        )
+    path = existing_weight_path(name)
     expected = recorded_sha256(path)
     if expected is not None and sha256_of(path) != expected:
         raise ModelNotFoundError(

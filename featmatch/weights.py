@@ -41,6 +41,24 @@ def weight_path(name: str) -> Path:
     return models_dir() / f"{name}.pt"
 
 
+def existing_weight_path(name: str) -> Path:
+    """``models/<name>.pt``, which must exist.
+
+    Raises:
+        ModelNotFoundError: no such file (the message says how to get one; nothing is downloaded).
+    """
+    path = weight_path(name)
+    if not path.is_file():
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"no weights for descriptor '{name}': {path} does not exist. featmatch never downloads "
+            f"weights; train them with `featmatch train --loss {name}` (see models/README.md) or set "
+            f"{MODELS_ENV} to a folder that has {name}.pt"
+        )
+    return path
+
+
 def onnx_path(name: str, variant: str) -> Path:
     """``models/<name>.<variant>.onnx`` for a variant of :data:`ONNX_VARIANTS`."""
     if variant not in ONNX_VARIANTS:

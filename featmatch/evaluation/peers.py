@@ -24,7 +24,6 @@ state-dict load into our own module; anything wrong is one :class:`ModelNotFound
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelNotFoundError
 from ..patches import PATCH_SIZE
+from ..weights import sha256_of
 
 #: Patches per forward pass of a peer network.
 PEER_BATCH = 1024
@@ -130,14 +130,6 @@ PEERS: dict[str, PeerSpec] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -207,7 +199,7 @@ class PeerDescriptor:
         self.name = name
         self.path = Path(path)
         self.net = load_peer(name, self.path)
-        self.sha256 = _sha256(self.path)
+        self.sha256 = sha256_of(self.path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
