@@ -600,3 +600,29 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (OSError, IndexError):
         return "gone"
+
+
+def test_a_termination_dropped_inside_a_finalizer_still_stops_the_run_quietly():
+    """A signal's KeyboardInterrupt raised inside ``__del__`` is dropped by Python ("Exception
+    ignored in ..."): the run must still stop, and print no traceback (a flaky CI failure)."""
+    code = (
+        "import signal, threading\n"
+        "from featmatch.batching.cli import _termination_as_interrupt\n"
+        "stop = threading.Event()\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        signal.raise_signal(signal.SIGTERM)\n"
+        "try:\n"
+        "    with _termination_as_interrupt(stop):\n"
+        "        for i in range(100):\n"
+        "            if i == 3:\n"
+        "                Finalized()\n"
+        "            if stop.is_set():\n"
+        "                raise KeyboardInterrupt\n"
+        "    print('finished')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted at', i)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "interrupted at 3", (proc.stdout, proc.stderr)
+    assert proc.stderr == "", proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 import click
@@ -128,9 +129,14 @@ def batch_command(
         cache_dtype=cache_dtype,
         save_matches=save_matches,
     )
+    stop = threading.Event()
     try:
-        with _termination_as_interrupt():
-            run.run()
+        with _termination_as_interrupt(stop):
+            for _ in run:
+                if stop.is_set():  # the signal's KeyboardInterrupt was swallowed somewhere
+                    raise KeyboardInterrupt
+            if stop.is_set():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         run.close()  # stops the workers; what finished is in OUTPUT
         _report(run, pairs_spec, output, limit)
@@ -139,28 +145,40 @@ def batch_command(
 
 
 @contextlib.contextmanager
-def _termination_as_interrupt():
+def _termination_as_interrupt(stop: threading.Event):
     """SIGTERM (``kill``, a job scheduler's timeout) stops the run like Ctrl-C does.
 
     The worker pool is then shut down properly (no orphaned processes, no leaked semaphores)
     and every finished pair is already in OUTPUT. A second signal ends the process at once.
+    The handler also sets ``stop``: a KeyboardInterrupt raised while Python runs a finalizer or
+    a weakref callback is printed and dropped ("Exception ignored in ..."), so the caller checks
+    ``stop`` after each result too.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
+        stop.set()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise KeyboardInterrupt
 
+    def unraisable(info):  # the dropped interrupt is not an error worth a traceback
+        if not (stop.is_set() and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous_hook(info)
+
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
 
 
 def _report(run, pairs_spec: str, output: str, limit: int | None) -> None:
