@@ -28,6 +28,11 @@ import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = ["featmatch/models/hardnet.pt", "featmatch/models/hardnet.pt.sha256", "featmatch/models/hardnet.int8.json",
         "featmatch/models/exptloss.pt", "featmatch/models/exptloss.pt.sha256", "featmatch/models/exptloss.int8.json",
+        "featmatch/models/hardnet.fp32.onnx", "featmatch/models/hardnet.int8.onnx",
+        "featmatch/models/hardnet.int8-w7.onnx", "featmatch/models/hardnet.onnx.json",
+        "featmatch/models/exptloss.fp32.onnx", "featmatch/models/exptloss.int8.onnx",
+        "featmatch/models/exptloss.int8-w7.onnx", "featmatch/models/exptloss.onnx.json",
+        "featmatch/engines/onnx_engine.py",
         "featmatch/evaldata/graf1.png", "featmatch/evaldata/H1to3p.xml", "featmatch/cli.py"]
 missing = [n for n in need if n not in names]
 if missing:
@@ -52,6 +57,10 @@ if [[ "$NEEDS_TORCH" == 1 ]]; then
     "$VPY" -m pip install -q torch==2.13.0 || fail "pip install torch==2.13.0"
 fi
 "$VPY" -m pip install -q "$WHEEL" || fail "pip install the wheel"
+if [[ "$NEEDS_TORCH" == 0 ]]; then  # the small CPU install: the learned descriptors run without torch
+    "$VPY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'kornia')))" ||
+        fail "the base install pulled in torch or kornia"
+fi
 
 RUN="$WORK/run"
 mkdir -p "$RUN"
