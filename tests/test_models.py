@@ -76,9 +76,10 @@ def river_patches():
     from featmatch.imageio import load_image
     from featmatch.patches import patches_for
 
-    from .conftest import DATA
+    from .conftest import EXAMPLES
 
-    kp = detect(load_image(DATA / "vlfeat-pairs" / "river1.jpg").gray, DetectConfig(max_keypoints=1000))
+    # the bundled 640x480 copy of river1 (a test-split photo), so that a clone without ../shared runs it
+    kp = detect(load_image(EXAMPLES / "river" / "river1.jpg").gray, DetectConfig(max_keypoints=1000))
     return patches_for(kp)
 
 
