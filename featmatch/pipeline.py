@@ -191,7 +191,7 @@ class Matcher:
             # an ONNX Runtime session on the CPU takes ~0.2 s to open; importing torch takes seconds
             self._heavy_build = device == "cuda" or not have_module("onnxruntime")
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmatch-model")
-            self._build = pool.submit(build_descriptor, descriptor, device=device, precision=precision)
+            self._build = pool.submit(_build_in_background, descriptor, device=device, precision=precision)
             pool.shutdown(wait=False)
         else:
             self._describer = build_descriptor(descriptor, device=device, precision=precision)
@@ -256,6 +256,21 @@ class Matcher:
             engine=self.engine,
         )
 
+    def _detect_and_cut(self, img: Image) -> tuple[Keypoints, np.ndarray | None]:
+        """Keypoints of one image and, for the CNN descriptors, their patches (None otherwise)."""
+        kps = detect(img.gray, self.detect_config)
+        if self.descriptor in ("sift", "rootsift") or len(kps) == 0:
+            return kps, None
+        from .patches import patches_for
+
+        return kps, patches_for(kps)
+
+    def _describe(self, kps: Keypoints, patches: np.ndarray | None) -> np.ndarray:
+        describer = self.describer
+        if patches is None or not hasattr(describer, "describe_patches"):
+            return describer(kps)
+        return describer.describe_patches(patches)
+
     def match(self, image1: ImageLike | Image, image2: ImageLike | Image) -> MatchResult:
         """Estimate the homography from ``image1`` to ``image2`` (paths, arrays or Images)."""
         t_start = time.perf_counter()
@@ -265,6 +280,7 @@ class Matcher:
         img2 = image2 if isinstance(image2, Image) else load_image(image2)
         timings["load"] = _ms(t0)
         t0 = time.perf_counter()
+        p1 = p2 = None
         if self._describer is None and self._heavy_build:
             # The CNN is still being built in the background (importing torch keeps one core
             # busy, and it is the longer job): detect on the other core, one image after the other.
@@ -275,21 +291,33 @@ class Matcher:
             finally:
                 cv2.setNumThreads(cv_threads)
         else:
-            # OpenCV releases the GIL while detecting: the two images run on two cores.
+            # OpenCV releases the GIL while detecting and sampling: the two images run on two
+            # cores, each thread also cutting its image's patches for a CNN descriptor.
             with ThreadPoolExecutor(max_workers=2) as pool:
-                k1, k2 = pool.map(lambda im: detect(im.gray, self.detect_config), (img1, img2))
+                (k1, p1), (k2, p2) = pool.map(self._detect_and_cut, (img1, img2))
         timings["detect"] = _ms(t0)
         if self._describer is None:  # the CNN is still being built in the background
             t0 = time.perf_counter()
             self.describer  # noqa: B018
             timings["model"] = _ms(t0)
         t0 = time.perf_counter()
-        f1 = Features(k1, self.describer(k1), img1.shape)
-        f2 = Features(k2, self.describer(k2), img2.shape)
+        f1 = Features(k1, self._describe(k1, p1), img1.shape)
+        f2 = Features(k2, self._describe(k2, p2), img2.shape)
         timings["describe"] = _ms(t0)
         result = self.match_features(f1, f2, timings)
         timings["total"] = _ms(t_start)
         return result
+
+
+def _build_in_background(descriptor: str, **options):
+    """:func:`build_descriptor`, then the FAISS import that matching needs next (about 25 ms):
+    both overlap with detection."""
+    describer = build_descriptor(descriptor, **options)
+    try:
+        import faiss  # noqa: F401
+    except ImportError:  # matching says what is missing
+        pass
+    return describer
 
 
 def split_options(options: dict) -> dict:
