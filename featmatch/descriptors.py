@@ -34,9 +34,11 @@ DEFAULT_DESCRIPTOR = "hardnet"
 DEFAULT_BATCH_SIZE = 256
 #: Device choices of the CLI.
 DEVICES = ("auto", "cpu", "cuda")
+#: The descriptors OpenCV computes on the keypoints (no patches, no CNN); the others are learned.
+SIFT_DESCRIPTORS = ("sift", "rootsift")
 # PRECISIONS: the precision choices of the CNN descriptors (from :mod:`featmatch.engines.select`;
 # "auto": the fastest that keeps quality on this machine).
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DESCRIPTOR", "DESCRIPTORS", "DEVICES", "PRECISIONS", "CNNDescriptor",
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DESCRIPTOR", "DESCRIPTORS", "DEVICES", "PRECISIONS", "SIFT_DESCRIPTORS", "CNNDescriptor",
            "SiftDescriptor", "build_descriptor", "check_descriptor_name", "describe_patches", "resolve_device"]  # fmt: skip
 
 
@@ -142,13 +144,14 @@ class CNNDescriptor:
     ):
         from .engines import build_engine, choose_engine, have_module, probe_cpu
         from .engines.select import fresh_exports
+        from .weights import existing_weight_path
 
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
         self.device = resolve_device(device)
         if model is None and self.device == "cpu":
-            _check_weights_exist(name)
+            existing_weight_path(name)  # a missing .pt gets the training advice, whichever engine runs
             exports, reason = fresh_exports(name)
         else:
             exports, reason = frozenset(), ""
@@ -183,13 +186,6 @@ class CNNDescriptor:
         if len(keypoints) == 0:
             return np.zeros((0, 128), np.float32)
         return self.engine(patches_for(keypoints))
-
-
-def _check_weights_exist(name: str) -> None:
-    """A missing ``.pt`` fails with the training advice, whichever engine would run it."""
-    from .weights import existing_weight_path
-
-    existing_weight_path(name)
 
 
 def as_patch_array(patches) -> np.ndarray:
@@ -234,7 +230,7 @@ def describe_patches(patches, descriptor: str = DEFAULT_DESCRIPTOR, device: str 
         ``(N, 128)`` float32 unit vectors.
     """
     check_descriptor_name(descriptor)
-    if descriptor in ("sift", "rootsift"):
+    if descriptor in SIFT_DESCRIPTORS:
         raise ConfigError("describe_patches needs a learned descriptor (hardnet or exptloss); SIFT describes keypoints")
     return _cached_descriptor(descriptor, device, precision).describe_patches(patches)
 

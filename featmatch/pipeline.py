@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .descriptors import DEFAULT_DESCRIPTOR, build_descriptor, check_descriptor_name, resolve_device
+from .descriptors import (
+    DEFAULT_DESCRIPTOR,
+    SIFT_DESCRIPTORS,
+    build_descriptor,
+    check_descriptor_name,
+    resolve_device,
+)
 from .detect import DetectConfig, Keypoints, detect
 from .engines import have_module
 from .errors import ConfigError
@@ -175,7 +181,10 @@ class Matcher:
         self._build: Future | None = None
         self._heavy_build = False
         self._device = "cpu"
-        if descriptor in ("sift", "rootsift") and describer is None:
+        sift = descriptor in SIFT_DESCRIPTORS
+        # the detection threads also cut the patches of a learned descriptor
+        self._cuts_patches = not sift if describer is None else hasattr(describer, "describe_patches")
+        if sift and describer is None:
             detect = dataclasses.replace(detect, with_sift=True)  # one scale space for both stages
         self.detect_config = detect
         self.match_config = match
@@ -183,12 +192,12 @@ class Matcher:
         if describer is not None:
             self._describer = describer
             self._device = getattr(describer, "device", "cpu")
-        elif descriptor in ("sift", "rootsift"):
+        elif sift:
             self._describer = build_descriptor(descriptor)
             self._device = "cpu" if device == "auto" else resolve_device(device)
         elif background:
             check_descriptor_name(descriptor)
-            # an ONNX Runtime session on the CPU takes ~0.2 s to open; importing torch takes seconds
+            # an ONNX Runtime engine on the CPU builds in ~0.1 s; importing torch takes seconds
             self._heavy_build = device == "cuda" or not have_module("onnxruntime")
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmatch-model")
             self._build = pool.submit(_build_in_background, descriptor, device=device, precision=precision)
@@ -208,7 +217,7 @@ class Matcher:
     @property
     def engine(self) -> dict | None:
         """The CNN's engine choice (``EngineChoice.to_json()``), None for SIFT or a plain callable."""
-        if self._describer is None and self.descriptor in ("sift", "rootsift"):
+        if self._describer is None and self.descriptor in SIFT_DESCRIPTORS:
             return None
         choice = getattr(self.describer, "choice", None)
         return choice.to_json() if choice is not None else None
@@ -259,17 +268,16 @@ class Matcher:
     def _detect_and_cut(self, img: Image) -> tuple[Keypoints, np.ndarray | None]:
         """Keypoints of one image and, for the CNN descriptors, their patches (None otherwise)."""
         kps = detect(img.gray, self.detect_config)
-        if self.descriptor in ("sift", "rootsift") or len(kps) == 0:
+        if not self._cuts_patches or len(kps) == 0:
             return kps, None
         from .patches import patches_for
 
         return kps, patches_for(kps)
 
     def _describe(self, kps: Keypoints, patches: np.ndarray | None) -> np.ndarray:
-        describer = self.describer
-        if patches is None or not hasattr(describer, "describe_patches"):
-            return describer(kps)
-        return describer.describe_patches(patches)
+        if patches is None:
+            return self.describer(kps)
+        return self.describer.describe_patches(patches)
 
     def match(self, image1: ImageLike | Image, image2: ImageLike | Image) -> MatchResult:
         """Estimate the homography from ``image1`` to ``image2`` (paths, arrays or Images)."""

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..descriptors import DESCRIPTORS, PRECISIONS
+from ..descriptors import DESCRIPTORS, PRECISIONS, SIFT_DESCRIPTORS
 from ..detect import DetectConfig
 from ..errors import ConfigError
 from ..geometry import GeometryConfig
@@ -61,7 +61,7 @@ class BatchConfig:
 
     @property
     def is_cnn(self) -> bool:
-        return self.descriptor not in ("sift", "rootsift")
+        return self.descriptor not in SIFT_DESCRIPTORS
 
 
 def _digest(obj: object) -> str:

@@ -183,13 +183,13 @@ def build_describers(
         ConfigError: an unknown name.
         ModelNotFoundError: missing weights (without ``skip_missing``).
     """
-    from ..descriptors import build_descriptor
+    from ..descriptors import SIFT_DESCRIPTORS, build_descriptor
 
     describers: dict[str, Describer] = {}
     skipped: dict[str, str] = {}
     for name in names:
         try:
-            if name in ("sift", "rootsift"):
+            if name in SIFT_DESCRIPTORS:
                 describers[name] = build_descriptor(name)
             else:
                 describers[name] = build_descriptor(name, device=device, precision=precision)
