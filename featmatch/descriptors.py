@@ -143,7 +143,7 @@ class CNNDescriptor:
         cpu=None,
     ):
         from .engines import build_engine, choose_engine, have_module, probe_cpu
-        from .engines.select import fresh_exports
+        from .engines.select import Exports, fresh_exports
         from .weights import existing_weight_path
 
         if batch_size < 1:
@@ -152,9 +152,9 @@ class CNNDescriptor:
         self.device = resolve_device(device)
         if model is None and self.device == "cpu":
             existing_weight_path(name)  # a missing .pt gets the training advice, whichever engine runs
-            exports, reason = fresh_exports(name)
+            exports = fresh_exports(name)
         else:
-            exports, reason = frozenset(), ""
+            exports = Exports()
         self.choice: EngineChoice = choose_engine(
             name,
             precision,
@@ -162,13 +162,13 @@ class CNNDescriptor:
             cpu or probe_cpu(),
             have_onnxruntime=have_module("onnxruntime"),
             have_torch=have_module("torch"),
-            exports=exports,
-            exports_reason=reason,
+            exports=exports.variants,
+            exports_reason=exports.reason,
             in_memory=model is not None,
         )
         self.precision = self.choice.precision
         self.batch_size = batch_size
-        self.engine = build_engine(self.choice, name, batch_size, model=model)
+        self.engine = build_engine(self.choice, name, batch_size, model=model, weights_sha256=exports.weights_sha256)
 
     def describe_patches(self, patches) -> np.ndarray:
         """Describe patches (see :func:`as_patch_array` for what is accepted).

@@ -28,6 +28,13 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+#: Help of every ``--precision`` option (the rules are :mod:`featmatch.engines.select`'s).
+PRECISION_HELP = (
+    "CNN arithmetic: auto = the fastest that keeps quality here: int8 (ONNX Runtime) on x86 with VNNI or AVX2 "
+    "(7-bit weights there) and on ARM with dot products, fp32 (ONNX Runtime) on other CPUs or torch fp32 without "
+    "onnxruntime; fp16 on CUDA. bf16 only when asked for, on CPUs with native bf16."
+)
+
 def descriptor_names() -> list[str]:
     from .descriptors import DESCRIPTORS
 
@@ -128,9 +135,7 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="CNN arithmetic: auto = the fastest that keeps quality here: int8 (ONNX Runtime) on x86 with "
-            "VNNI or AVX2 (7-bit weights there) and on ARM with dot products, fp32 (ONNX Runtime) on other CPUs or "
-            "torch fp32 without onnxruntime; fp16 on CUDA. bf16 only when asked for, on CPUs with native bf16.",
+            help=PRECISION_HELP,
         ),
     ]
 

@@ -144,3 +144,20 @@ def test_top_level_help_lists_commands_without_importing_torch():
     assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr
     for command in ("match", "stitch", "batch", "eval", "bench", "train", "eval-patches"):
         assert f"  {command} " in p.stdout
+
+
+def test_every_auto_precision_option_explains_the_same_rules():
+    """One help text for --precision wherever auto is the default (it once said auto picks bf16)."""
+    import click
+
+    from featmatch.options import PRECISION_HELP
+
+    ctx = click.Context(cli)
+    found = []
+    for name in cli.list_commands(ctx):
+        for param in cli.get_command(ctx, name).params:
+            if param.name == "precision" and param.default == "auto":
+                found.append(name)
+                assert param.help == PRECISION_HELP, name
+    assert {"match", "stitch", "eval"} <= set(found)
+    assert "7-bit" in PRECISION_HELP and "bf16 only when asked for" in PRECISION_HELP

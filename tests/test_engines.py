@@ -117,6 +117,27 @@ def test_cpuinfo_parsing():
     assert parse_cpuinfo("", "riscv64", 1).isa() == []
 
 
+def test_flags_that_cpuid_denies_are_dropped():
+    """/proc/cpuinfo says AVX-512 VNNI, CPUID (an emulator, a masking VM) says AVX2 alone: auto follows CPUID."""
+    from featmatch.engines.cpuinfo import confirm_with_cpuid, cpuid_features
+
+    text = "flags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni amx_int8\ncpu MHz\t: 2596\n"
+    listed = parse_cpuinfo(text, "x86_64", 2)
+    avx2_only = {"AVX2": True, "FMA3": True, "AVX512F": False, "AVX512BW": False, "AVX512VNNI": False}
+    seen = confirm_with_cpuid(listed, avx2_only)
+    assert seen.isa() == ["AVX2", "VNNI"] and seen.flags == {"fpu", "avx2", "fma", "avx_vnni"}  # AVX-VNNI: CPUID unknown
+    assert seen.denied == {"avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_int8"}
+    assert seen.to_json()["denied_by_cpuid"] == sorted(seen.denied)
+    no_avx2 = confirm_with_cpuid(listed, dict(avx2_only, AVX2=False))
+    assert no_avx2.isa() == [] and "avx_vnni" in no_avx2.denied
+    assert confirm_with_cpuid(listed, {k: True for k in avx2_only}) is listed  # all confirmed
+    assert confirm_with_cpuid(listed, None) is listed  # numpy without a CPUID view: /proc/cpuinfo as it is
+    arm = parse_cpuinfo("Features\t: fp asimd asimddp\n", "aarch64", 4)
+    assert confirm_with_cpuid(arm, {"AVX2": False}) is arm
+    features = cpuid_features()  # this numpy exposes CPUID, so the probe really cross-checks
+    assert features is not None and "AVX2" in features
+
+
 def test_registry_entries_resolve():
     import importlib
 
@@ -189,3 +210,26 @@ def test_commands_that_need_torch_say_so_in_one_line():
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs PyTorch" in lines[0] and "featmatch[torch]" in lines[0], lines
+
+
+def test_building_the_onnx_engine_hashes_the_weights_once(monkeypatch):
+    """Choosing the engine (fresh_exports) and building it (for_model) share one digest of the .pt."""
+    from featmatch import weights
+    from featmatch.descriptors import CNNDescriptor
+    from featmatch.engines import onnx_engine, select
+
+    hashed = []
+
+    def counting(path):
+        hashed.append(path.name)
+        return weights.sha256_of(path)
+
+    monkeypatch.setattr(select, "sha256_of", counting)
+    monkeypatch.setattr(onnx_engine, "sha256_of", counting)
+    d = CNNDescriptor("hardnet", device="cpu", precision="int8")
+    assert d.choice.engine == "onnx"
+    assert hashed.count("hardnet.pt") == 1 and any(n.endswith(".onnx") for n in hashed)
+    # built on its own (no digest handed over), the engine still checks the weights itself
+    hashed.clear()
+    onnx_engine.OnnxEngine.for_model("hardnet", d.choice, 256)
+    assert hashed.count("hardnet.pt") == 1

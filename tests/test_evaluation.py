@@ -209,6 +209,46 @@ def test_report_markdown_and_plot(few_pairs, tmp_path):
     assert all(p.is_file() for p in paths.values()) and set(paths) == {"json", "md", "png"}
 
 
+def test_accuracy_over_several_robust_fits_by_hand():
+    """Pair a: 1 px, then 5 px on reordered matches; pair b: 2 px twice. @3 px: fit 1 -> 1.0, fit 2 -> 0.5."""
+    from featmatch.evaluation.runner import PairResult, summarize
+
+    def result(name, first, runs):
+        return PairResult(name, "g", True, "d", (10, 10), 50, 40, first, (0.5,) * 10, None, 1.0, 2, runs)
+
+    s = summarize("d", "all", [result("a", 1.0, (5.0,)), result("b", 2.0, (2.0,))])
+    assert s.runs == 2 and s.accuracy[1] == pytest.approx(0.75) and s.accuracy_std[1] == pytest.approx(0.25)
+    assert s.accuracy[0] == pytest.approx(0.25)  # @1 px: 1.0 counts (<= t) in fit 1 only: (0.5 + 0) / 2
+    assert s.median_error == pytest.approx(1.5)  # the first fit's
+    one = summarize("d", "all", [result("a", 1.0, ()), result("b", 2.0, ())])
+    assert one.runs == 1 and one.accuracy[1] == 1.0 and one.accuracy_std == (0.0,) * len(one.accuracy)
+    failed = summarize("d", "all", [result("a", float("inf"), (1.0, 1.0))])
+    assert failed.accuracy[1] == pytest.approx(2 / 3) and failed.failures == 1
+
+
+def test_reordered_fits_change_only_the_estimator_draws(few_pairs):
+    """With runs, each pair has K - 1 more fits of the same matches; the first fit is today's deterministic one."""
+    from featmatch.descriptors import build_descriptor
+    from featmatch.detect import DetectConfig
+    from featmatch.evaluation.runner import EvalConfig, run_evaluation
+
+    detect = DetectConfig(max_keypoints=500)
+    sift = {"sift": build_descriptor("sift")}
+    one = run_evaluation(few_pairs[:3], sift, EvalConfig(detect=detect))
+    many = run_evaluation(few_pairs[:3], sift, EvalConfig(detect=detect, ransac_runs=4))
+    assert [r.corner_error for r in one.results] == [r.corner_error for r in many.results]
+    assert all(len(r.run_errors) == 3 for r in many.results) and all(r.run_errors == () for r in one.results)
+    ok = [r for r in many.results if np.isfinite(r.corner_error)]
+    assert ok and all(np.all(np.isfinite(r.run_errors)) for r in ok)
+    assert any(len(set(r.run_errors) | {r.corner_error}) > 1 for r in ok)  # the orders do draw differently
+    again = run_evaluation(few_pairs[:3], sift, EvalConfig(detect=detect, ransac_runs=4))
+    assert [r.run_errors for r in again.results] == [r.run_errors for r in many.results]  # seeded
+    assert many.summary("sift", "all").runs == 4 and many.settings["ransac_runs"] == 4
+    from featmatch.evaluation.report import markdown
+
+    assert "mean of 4 robust fits" in markdown(many) and " ± " in markdown(many)
+
+
 def test_build_describers_skips_missing_models(tmp_path, monkeypatch):
     from featmatch.evaluation.runner import build_describers
 
@@ -225,12 +265,14 @@ def test_build_describers_skips_missing_models(tmp_path, monkeypatch):
 def test_eval_cli_writes_outputs(tmp_path):
     out = tmp_path / "out"
     args = ["eval", "-d", "sift", "--max-pairs", "2", "-n", "300", "--out-dir", str(out)]
-    args += ["--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--no-progress", "--ransac-runs", "3"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "| metric | sift |" in res.output and "H accuracy @3px" in res.output
+    assert "| metric | sift |" in res.output and "H accuracy @3px" in res.output and "mean of 3 robust fits" in res.output
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "curves.png"}
-    assert json.loads((out / "results.json").read_text())["settings"]["pairs"] == 2
+    js = json.loads((out / "results.json").read_text())
+    assert js["settings"]["pairs"] == 2 and js["settings"]["ransac_runs"] == 3
+    assert len(js["summary"]["sift"]["all"]["accuracy_std"]) == 4 and len(js["pairs"][0]["run_errors"]) == 2
 
 
 def test_eval_cli_missing_weights_and_skip(tmp_path, monkeypatch, data_dir):

@@ -40,12 +40,13 @@ def require_torch(what: str) -> None:
         raise ConfigError(f"{what} needs PyTorch: {TORCH_INSTALL_HINT}")
 
 
-def build_engine(choice: EngineChoice, model_name: str, batch_size: int, model=None):
-    """Build the engine ``choice.engine`` for ``model_name`` (or an in-memory torch ``model``)."""
+def build_engine(choice: EngineChoice, model_name: str, batch_size: int, model=None, weights_sha256=None):
+    """Build the engine ``choice.engine`` for ``model_name`` (or an in-memory torch ``model``);
+    ``weights_sha256``: the ``.pt``'s digest when the caller has just computed it (not hashed again)."""
     if choice.engine not in ENGINES:
         raise ConfigError(f"unknown engine '{choice.engine}'; choose one of {', '.join(sorted(ENGINES))}")
     if choice.engine == "torch":
         require_torch(f"the torch engine ({choice.precision})")
     module, attr = ENGINES[choice.engine].split(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls.for_model(model_name, choice, batch_size, model=model)
+    return cls.for_model(model_name, choice, batch_size, model=model, weights_sha256=weights_sha256)

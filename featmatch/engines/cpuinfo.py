@@ -1,8 +1,17 @@
-"""What the CPU can do, from ``/proc/cpuinfo`` (no torch): the facts ``--precision auto`` decides on."""
+"""What the CPU can do, from ``/proc/cpuinfo`` checked against CPUID (no torch): the facts
+``--precision auto`` decides on.
+
+``/proc/cpuinfo`` names the flags, the model and the clock. On x86 the ISA flags are then checked
+against CPUID as numpy reads it, which is also how ONNX Runtime picks its kernels: a flag that the
+kernel's text lists but CPUID denies (an emulator such as ``qemu-x86_64 -cpu EPYC-Rome``, a VM that
+masks AVX-512) is dropped, so that ``auto`` decides on the instructions the kernels will really run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import os
 import platform
 from dataclasses import dataclass
@@ -12,6 +21,9 @@ from pathlib import Path
 X86_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 #: x86 flags of native bf16 arithmetic.
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: numpy's CPUID feature names and the ``/proc/cpuinfo`` flags each one confirms.
+CPUID_FLAGS = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+               "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,7 @@ class CpuInfo:
         model: the model name.
         vendor: ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``; empty where not reported).
         family: x86 ``cpu family`` (None where not reported).
+        denied: flags that ``/proc/cpuinfo`` lists but CPUID denies (dropped from ``flags``).
     """
 
     arch: str
@@ -35,6 +48,7 @@ class CpuInfo:
     model: str = ""
     vendor: str = ""
     family: int | None = None
+    denied: frozenset = frozenset()
 
     @property
     def x86(self) -> bool:
@@ -85,7 +99,7 @@ class CpuInfo:
 
     def to_json(self) -> dict:
         return {"arch": self.arch, "model": self.model, "vendor": self.vendor, "family": self.family,
-                "cores": self.cores, "mhz": self.mhz, "isa": self.isa()}  # fmt: skip
+                "cores": self.cores, "mhz": self.mhz, "isa": self.isa(), "denied_by_cpuid": sorted(self.denied)}  # fmt: skip
 
 
 def usable_cores() -> int:
@@ -124,6 +138,34 @@ def parse_cpuinfo(text: str, arch: str, cores: int) -> CpuInfo:
                    vendor=vendor, family=family)  # fmt: skip
 
 
+def cpuid_features() -> dict | None:
+    """numpy's CPUID view of this CPU (``{"AVX2": True, ...}``); None where numpy does not expose it."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return dict(importlib.import_module(module).__cpu_features__)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def confirm_with_cpuid(cpu: CpuInfo, features: dict | None) -> CpuInfo:
+    """``cpu`` less the x86 flags that CPUID (``features``, :func:`cpuid_features`) denies.
+
+    Only flags that CPUID knows are checked; without AVX-512F every ``avx512*`` and AMX flag goes
+    (every AMX CPU has AVX-512), without AVX2 AVX-VNNI goes.
+    """
+    if not cpu.x86 or not features:
+        return cpu
+    denied = {flag for key, flag in CPUID_FLAGS.items() if features.get(key) is False and flag in cpu.flags}
+    if features.get("AVX512F") is False:
+        denied |= {f for f in cpu.flags if f.startswith(("avx512", "amx"))}
+    if features.get("AVX2") is False:
+        denied |= {f for f in cpu.flags if f == "avx_vnni"}
+    if not denied:
+        return cpu
+    return dataclasses.replace(cpu, flags=cpu.flags - denied, denied=frozenset(denied))
+
+
 @functools.lru_cache(maxsize=1)
 def probe_cpu() -> CpuInfo:
     """This machine's :class:`CpuInfo` (cached; tests pass a fake one to the selection instead)."""
@@ -131,4 +173,5 @@ def probe_cpu() -> CpuInfo:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         text = ""
-    return parse_cpuinfo(text, platform.machine() or "unknown", usable_cores())
+    cpu = parse_cpuinfo(text, platform.machine() or "unknown", usable_cores())
+    return confirm_with_cpuid(cpu, cpuid_features())

@@ -99,8 +99,9 @@ class OnnxEngine:
         self._in, self._out = inputs[0].name, outputs[0].name
 
     @classmethod
-    def for_model(cls, model_name: str, choice, batch_size: int, model=None) -> OnnxEngine:
-        """The engine of ``models/<model_name>.<variant>.onnx``, checked against the weights' digest."""
+    def for_model(cls, model_name: str, choice, batch_size: int, model=None, weights_sha256=None) -> OnnxEngine:
+        """The engine of ``models/<model_name>.<variant>.onnx``, checked against the weights' digest
+        (``weights_sha256`` when the caller has just computed it, else the ``.pt`` is hashed here)."""
         path = onnx_path(model_name, choice.variant)
         engine = cls(path, choice.precision, batch_size, variant=choice.variant)
         meta = engine._sess.get_modelmeta().custom_metadata_map
@@ -113,7 +114,7 @@ class OnnxEngine:
                 want = None
             if want is not None and want != sha256_of(path):
                 raise ModelNotFoundError(f"ONNX model {path} does not match its recorded sha256; the file is damaged")
-        if recorded != sha256_of(weight_path(model_name)):
+        if recorded != (weights_sha256 or sha256_of(weight_path(model_name))):
             raise ModelNotFoundError(
                 f"ONNX model {path} was exported from other weights than {weight_path(model_name)}; "
                 f"run `featmatch export {model_name}`"

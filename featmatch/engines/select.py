@@ -64,7 +64,23 @@ def have_module(name: str) -> bool:
         return False
 
 
-def fresh_exports(name: str) -> tuple[frozenset, str]:
+@dataclass(frozen=True)
+class Exports:
+    """The ONNX exports of one model that belong to its current weights.
+
+    Attributes:
+        variants: the fresh variants (``fp32``, ``int8``, ``int8-w7``); empty when none.
+        reason: why there are none (empty otherwise).
+        weights_sha256: the ``.pt``'s digest as just computed (None when it was not), so that
+            building the engine need not hash the weights again.
+    """
+
+    variants: frozenset = frozenset()
+    reason: str = ""
+    weights_sha256: str | None = None
+
+
+def fresh_exports(name: str) -> Exports:
     """The ONNX variants of ``name`` made from the current ``models/<name>.pt``, and a reason when none.
 
     Reads ``models/<name>.onnx.json`` (written by ``featmatch export``) and compares its
@@ -73,15 +89,18 @@ def fresh_exports(name: str) -> tuple[frozenset, str]:
     manifest = models_dir() / f"{name}.onnx.json"
     pt = weight_path(name)
     if not manifest.is_file() or not pt.is_file():
-        return frozenset(), f"no ONNX export of '{name}' in {models_dir()} (make one with `featmatch export {name}`)"
+        return Exports(reason=f"no ONNX export of '{name}' in {models_dir()} (make one with `featmatch export {name}`)")
     try:
         info = json.loads(manifest.read_text())
         recorded, files = str(info["weights_sha256"]), dict(info["files"])
     except (OSError, ValueError, KeyError, TypeError):
-        return frozenset(), f"{manifest} is unreadable (`featmatch export {name}` rewrites it)"
-    if recorded != sha256_of(pt):
-        return frozenset(), f"the ONNX export of '{name}' was made from other weights (run `featmatch export {name}`)"
-    return frozenset(v for v in ONNX_VARIANTS if v in files and onnx_path(name, v).is_file()), ""
+        return Exports(reason=f"{manifest} is unreadable (`featmatch export {name}` rewrites it)")
+    digest = sha256_of(pt)
+    if recorded != digest:
+        return Exports(reason=f"the ONNX export of '{name}' was made from other weights (run `featmatch export {name}`)",
+                       weights_sha256=digest)  # fmt: skip
+    variants = frozenset(v for v in ONNX_VARIANTS if v in files and onnx_path(name, v).is_file())
+    return Exports(variants, "" if variants else f"no ONNX file listed in {manifest} exists", digest)
 
 
 def _int8_variant(cpu: CpuInfo) -> tuple[str | None, str]:

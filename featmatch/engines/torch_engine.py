@@ -29,7 +29,9 @@ class TorchEngine:
         self.batch_size = batch_size
 
     @classmethod
-    def for_model(cls, model_name: str, choice, batch_size: int, model=None) -> TorchEngine:
+    def for_model(cls, model_name: str, choice, batch_size: int, model=None, weights_sha256=None) -> TorchEngine:
+        """The torch engine of ``models/<model_name>.pt`` (or ``model``); ``load_weights`` checks the
+        weights against their ``.sha256`` itself, so ``weights_sha256`` is not needed here."""
         from ..inference import fold_for_inference
         from ..network import load_weights
 

@@ -261,7 +261,7 @@ def _engine_candidates(device: str, net, trained: bool, cpu) -> list[tuple[str, 
 
     out: list[tuple[str, Callable[[], object]]] = []
     if device == "cpu" and trained and have_module("onnxruntime"):
-        exports, _ = fresh_exports("hardnet")
+        exports = fresh_exports("hardnet").variants
         for variant in ("fp32", "int8", "int8-w7"):
             if variant in exports:
                 prec = "fp32" if variant == "fp32" else "int8"
@@ -579,7 +579,9 @@ def format_report(result: dict) -> str:
         c = d["cpu"]
         lines += [
             f"### CPU: {c['model'] or c['arch']} ({c['arch']}), {c['cores']} usable cores, "
-            f"{_f(c['mhz'], 0)} MHz (/proc/cpuinfo); ISA: {', '.join(c['isa']) or 'none of note'}",
+            f"{_f(c['mhz'], 0)} MHz (/proc/cpuinfo); ISA: {', '.join(c['isa']) or 'none of note'}"
+            + (f" (CPUID denies {', '.join(c['denied_by_cpuid'])}, which /proc/cpuinfo lists: an emulator or a "
+               "masking VM; the kernels follow CPUID)" if c.get("denied_by_cpuid") else ""),  # fmt: skip
             "",
             f"auto picks **{d['auto_label']}**: {d['auto']['why']}",
             "",

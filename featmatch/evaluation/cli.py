@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
+from ..descriptors import PRECISIONS
 from ..errors import ConfigError
 from ..geometry import DEFAULT_THRESHOLD
-from ..options import max_tilt_option
+from ..options import PRECISION_HELP, max_tilt_option
 
 DESCRIPTOR_HELP = "Comma-separated descriptors to compare (sift, rootsift, hardnet, exptloss)."
 PEER_HELP = (
@@ -50,13 +51,14 @@ def _parse_names(value: str) -> list[str]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the CNN descriptors and matching run (auto: CUDA when available).")  # fmt: skip
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
-    help="CNN arithmetic (auto: int8 on VNNI CPUs with a calibration, else bf16 where native, else fp32; fp16 on CUDA).",
+    help=PRECISION_HELP,
 )
 @click.option("--skip-missing", is_flag=True, help="Report descriptors without weights as skipped instead of failing.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
+@click.option("--ransac-runs", type=click.IntRange(min=1, max=1000), default=1, show_default=True, help="Robust fits per pair: its matches in their order, then in seeded random orders; H accuracy and AUC are averaged over the fits (± their spread). The fit is chaotic in its input: with one run a pair near a threshold decides a comparison by one draw of the estimator. 20 is a good value for comparing two columns.")  # fmt: skip
 @click.option("--group", "groups", default=None, help="Comma-separated pair groups to keep (e.g. hpatches-v,oxford-test-graf).")  # fmt: skip
 @click.option("--peer", "peers", multiple=True, metavar="NAME=PATH", help=PEER_HELP)
 @click.option("--peer-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=PEER_DIR_HELP)
@@ -78,6 +80,7 @@ def eval_command(
     precision,
     skip_missing,
     max_pairs,
+    ransac_runs,
     groups,
     peers,
     peer_dir,
@@ -102,6 +105,7 @@ def eval_command(
     Examples:
       featmatch eval                                  # the bundled benchmark, all descriptors
       featmatch eval ../shared/data/hpatches-sequences -d sift,hardnet --out-dir eval-hp
+      featmatch eval DATA -d hardnet --precision fp32 --ransac-runs 20   # compare precisions fairly
     """
     import dataclasses
 
@@ -118,6 +122,7 @@ def eval_command(
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side, max_tilt=max_tilt, with_sift=max_tilt > 1),
         match=MatchConfig(ratio=ratio),
         geometry=GeometryConfig(method=method, threshold=threshold),
+        ransac_runs=ransac_runs,
     )
     # Models first: a missing one fails in a second, before any pair is loaded or generated.
     describers, skipped = build_describers(names, device=device, precision=precision, skip_missing=skip_missing)

@@ -47,7 +47,8 @@ def summary_table(report: EvalReport, scope: str) -> list[str]:
 
     sums = [report.summary(d, scope) for d in report.descriptors]
     for k, t in enumerate(ACCURACY_THRESHOLDS):
-        row(f"H accuracy @{t}px", [_fmt(s.accuracy[k]) for s in sums])
+        row(f"H accuracy @{t}px", [_fmt(s.accuracy[k]) + (f" ± {_fmt(s.accuracy_std[k])}" if s.runs > 1 else "")
+                                   for s in sums])  # fmt: skip
     row(f"H AUC @{AUC_MAX_PX:g}px", [_fmt(s.auc) for s in sums])
     row("median corner error (px)", [_fmt(s.median_error, 2) for s in sums])
     for t in MMA_ROWS:
@@ -71,6 +72,14 @@ def markdown(report: EvalReport, per_pair: bool = False) -> str:
         "as a miss); MMA @t: fraction of ratio-test matches within t px of the true homography, averaged over pairs.",
         "",
     ]
+    runs = st.get("ransac_runs", 1)
+    if runs > 1:
+        lines += [
+            f"H accuracy and AUC: mean of {runs} robust fits per pair (its matches in their order and in {runs - 1} "
+            "seeded random orders), ± the standard deviation across the fits; median corner error and failures: "
+            "the first fit.",
+            "",
+        ]
     peers = st.get("peers") or {}
     if peers:
         lines += ["Reference rows (published weights, given by the user; same keypoints and patches):", ""]
