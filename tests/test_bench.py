@@ -90,3 +90,21 @@ def test_isa_limits_are_derived_per_cpu():
     assert (avx2["fp32"]["mac_per_cycle"], avx2["int8"]["mac_per_cycle"]) == (16, 32)
     assert "int8" not in isa_limits(NO_AVX2) and "int8" not in isa_limits(ARM_PLAIN)
     assert isa_limits(ARM_DOT)["int8"]["mac_per_cycle"] == 32
+
+
+def test_report_names_flags_cpuid_denies_and_the_share_of_the_engine_auto_runs():
+    """An emulated CPU is said so; the ISA-share ratio is the auto engine's, not the best int8 row's."""
+    cpu = {"model": "AMD EPYC", "arch": "x86_64", "cores": 2, "mhz": 2596.0, "isa": ["AVX2"],
+           "denied_by_cpuid": ["avx512_vnni", "avx512f"]}  # fmt: skip
+    engine = {"ratio_vs_kornia": 2.0, "min_cosine_vs_kornia": 0.99, "mean_cosine_vs_kornia": 0.999}
+    row = {"batch": 256, "kornia_fp32_per_s": 1000.0, "engines": {
+        "onnx int8": dict(engine, per_s=3000.0, share_of_isa_limit=0.6),
+        "onnx int8-w7": dict(engine, per_s=2000.0, share_of_isa_limit=0.4)}}  # fmt: skip
+    limits = {"int8": {"isa": "AVX2", "derivation": "32 MAC/cycle/core", "patches_per_s": 5000.0}}
+    result = {"device": "cpu", "engines": {"cpu": cpu, "auto_label": "onnx int8-w7", "auto": {"why": "AVX2"},
+              "isa_limits": limits, "weights": "w", "torch_threads": 2, "rows": [row]}}  # fmt: skip
+    text = format_report(result)
+    assert "CPUID denies avx512_vnni, avx512f" in text
+    assert "onnx int8-w7 reaches 40 % of the ISA's int8 limit" in text and "reaches 60 %" not in text
+    cpu.pop("denied_by_cpuid")
+    assert "CPUID denies" not in format_report(result)
