@@ -2,9 +2,10 @@
 ``--precision auto`` decides on.
 
 ``/proc/cpuinfo`` names the flags, the model and the clock. On x86 the ISA flags are then checked
-against CPUID as numpy reads it, which is also how ONNX Runtime picks its kernels: a flag that the
-kernel's text lists but CPUID denies (an emulator such as ``qemu-x86_64 -cpu EPYC-Rome``, a VM that
-masks AVX-512) is dropped, so that ``auto`` decides on the instructions the kernels will really run.
+against CPUID as numpy reads it (with the operating system's XSAVE support), which is also how
+ONNX Runtime picks its kernels: a flag that ``/proc/cpuinfo`` lists but CPUID denies (under an
+emulator such as ``qemu-x86_64 -cpu EPYC-Rome``, or a VM that masks AVX-512) is dropped, so that
+``auto`` decides on the instructions that ONNX Runtime's kernels will really use.
 """
 
 from __future__ import annotations
