@@ -32,6 +32,16 @@ def read_oxford_h(path: Path) -> np.ndarray:
     return np.loadtxt(path)
 
 
+def load_script(path: Path, name: str):
+    """A repository script (``scripts/*.py``, ``benchmarks/*.py``) imported as a module, for its tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: The one reason of every skip for missing shared data.
 MISSING_DATA = "needs ../shared/data beside the repo (CI has it)"
 #: Set to 1 to fail instead of skipping when ../shared/data is missing (CI).

@@ -12,23 +12,19 @@ Without ``qemu-x86_64`` (``apt-get install qemu-user``) the test is skipped with
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import shutil
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, load_script
 
 REQUIRE_ENV = "FEATMATCH_REQUIRE_EMULATOR"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("emulated_cpu", REPO / "scripts" / "emulated_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "emulated_cpu.py", "emulated_cpu")
 
 
 @pytest.fixture(scope="module")

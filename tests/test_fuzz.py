@@ -1,16 +1,14 @@
 """A short fuzz run in CI; ``python scripts/fuzz.py --count 10000`` is the long one."""
 
-import importlib.util
 from pathlib import Path
+
+from .conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("featmatch_fuzz", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "featmatch_fuzz")
 
 
 def test_short_fuzz_run_has_no_failures():
