@@ -103,11 +103,12 @@ def test_stale_or_missing_calibration(tmp_path, monkeypatch):
 
 
 def test_int8_is_cpu_only():
-    from featmatch.engines.select import pick_precision
+    from featmatch.engines import choose_engine, probe_cpu
 
+    exports = frozenset({"fp32", "int8", "int8-w7"})
     with pytest.raises(ConfigError, match="CPU only"):
-        pick_precision("int8", "cuda")
-    assert pick_precision("auto", "cuda", int8_ready=True) == "fp16"
+        choose_engine("hardnet", "int8", "cuda", probe_cpu(), True, True, exports)
+    assert choose_engine("hardnet", "auto", "cuda", probe_cpu(), True, True, exports).precision == "fp16"
 
 
 def test_measure_ranges_and_quantize_a_random_network(real_patches, tmp_path):

@@ -1,9 +1,9 @@
 """CNN inference engines: ``(N, 1, 32, 32)`` float32 patches -> ``(N, 128)`` float32 unit descriptors.
 
 :data:`ENGINES` is the registry: name -> ``"module:Class"``, imported only when that engine is
-built (the ``onnx`` engine must not import torch). An engine class takes ``(model_name,
-precision, device, batch_size, model=None)``, has ``name``, ``precision``, ``device`` and
-``variant`` attributes and is called on a numpy array. Adding an engine is one file plus one
+built (the ``onnx`` engine must not import torch). An engine class is built by its
+``for_model(model_name, choice, batch_size, model=None, weights_sha256=None)`` classmethod, has
+``name``, ``precision``, ``device`` and ``variant`` attributes and is called on a numpy array. Adding an engine is one file plus one
 entry here (and a rule in :func:`featmatch.engines.select.choose_engine` if ``auto`` should pick it).
 
 - ``onnx``: ONNX Runtime on the CPU, from the exports in ``models/`` (``featmatch export``):

@@ -204,16 +204,3 @@ def choose_engine(
         raise ConfigError(f"the CNN descriptor '{name}' needs onnxruntime (pip install onnxruntime) or PyTorch")
     raise ConfigError(f"the CNN descriptor '{name}' cannot run: {exports_reason}; the torch fallback {torch_missing}")
 
-
-def pick_precision(precision: str, device: str, int8_ready: bool = False, cpu: CpuInfo | None = None) -> str:
-    """The precision ``precision`` resolves to on ``device`` (see the module docstring).
-
-    ``auto`` is fp16 on CUDA; on the CPU int8 when ``int8_ready`` (an int8 ONNX export exists and
-    onnxruntime is installed) and the CPU has an int8 kernel that pays (x86 VNNI, x86 AVX2 with
-    7-bit weights, aarch64 dot products), else fp32. bf16 and fp16 only when asked for.
-    """
-    from .cpuinfo import probe_cpu
-
-    exports = frozenset({"fp32", "int8", "int8-w7"}) if int8_ready else frozenset({"fp32"})
-    choice = choose_engine("model", precision, device, cpu or probe_cpu(), True, True, exports)
-    return choice.precision
