@@ -43,19 +43,6 @@ MODELS = ("hardnet", "exptloss")
 AVX2_CPUS = ("EPYC-Rome", "Haswell")
 
 
-def real_patches(n: int) -> np.ndarray:
-    """``n`` patches cut by featmatch from the bundled river photo (torch-free path)."""
-    from featmatch.detect import DetectConfig, detect
-    from featmatch.imageio import load_image
-    from featmatch.patches import patches_for
-
-    keypoints = detect(load_image(REPO / "examples" / "river" / "river1.jpg").gray, DetectConfig(max_keypoints=n))
-    patches = np.asarray(patches_for(keypoints), np.float32)
-    if len(patches) < n:
-        raise SystemExit(f"only {len(patches)} keypoints in the river photo")
-    return np.ascontiguousarray(patches[:n])
-
-
 def describe_here(patches: np.ndarray, out: Path) -> None:
     """Run by the emulated Python: the CPU as featmatch sees it, auto's pick, every file's output."""
     from featmatch.engines import choose_engine, probe_cpu
@@ -123,7 +110,9 @@ def summary(host: dict, emulated: dict) -> list[str]:
 
 def check(cpu_model: str, n_patches: int, workdir: Path, qemu: str) -> tuple[list[str], list[str]]:
     """``(failures, report lines)`` of one emulated CPU."""
-    patches = real_patches(n_patches)
+    from featmatch.evaluation.bench import real_patches
+
+    patches = real_patches(REPO / "examples" / "river" / "river1.jpg", n_patches)
     patches_file = workdir / "patches.npy"
     np.save(patches_file, patches)
     describe_here(patches, workdir / "host.npz")

@@ -149,7 +149,7 @@ def _hardnet_weights(tmp: Path) -> tuple[object, Path, str, bool]:
     return net, tmp, note, False
 
 
-def _real_patches(image: Path, n: int) -> np.ndarray:
+def real_patches(image: Path, n: int) -> np.ndarray:
     """``(n, 1, 32, 32)`` float32 patches of real keypoints (tiled when the image has fewer)."""
     from ..detect import DetectConfig, detect
     from ..imageio import load_image
@@ -287,7 +287,7 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
     cpu = probe_cpu()
     dev = config.device
     n_max = max(config.batch_sizes)
-    patches = _real_patches(bench_images(config)[0], n_max)
+    patches = real_patches(bench_images(config)[0], n_max)
     kornia_net = KF.HardNet(pretrained=False)
     kornia_net.load_state_dict(net.state_dict(), strict=True)  # same layer names: the same weights
     kornia_net = kornia_net.eval().to(dev)
