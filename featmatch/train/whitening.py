@@ -217,7 +217,8 @@ def in_space(raw: np.ndarray, space: str) -> np.ndarray:
 
 
 def weights_sha256(name: str) -> str:
-    from ..network import sha256_of, weight_path
+    """The sha256 of ``models/<name>.pt``."""
+    from ..weights import sha256_of, weight_path
 
     return sha256_of(weight_path(name))
 
