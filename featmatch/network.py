@@ -31,10 +31,17 @@ class HardNet(nn.Module):
         - Input: ``(B, 1, 32, 32)`` patches, any intensity range (each patch is normalized to
           zero mean and unit standard deviation inside ``forward``).
         - Output: ``(B, 128)`` L2-normalized descriptors.
+
+    ``width`` scales every hidden layer's channels (``0.5``: 16/32/64 channels, about a quarter
+    of the multiply-adds; a distilled student); the output stays 128-d.
     """
 
-    def __init__(self, dropout: float = 0.3):
+    def __init__(self, dropout: float = 0.3, width: float = 1.0):
         super().__init__()
+        if not 0.0 < width <= 1.0 or round(32 * width) != 32 * width:
+            raise ConfigError(f"width must be in (0, 1] and give whole channel counts (32 * width), got {width}")
+        self.width = width
+        c = [round(n * width) for n in (32, 64, 128)]
 
         def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
             return [
@@ -44,14 +51,14 @@ class HardNet(nn.Module):
             ]
 
         self.features = nn.Sequential(
-            *block(1, 32),
-            *block(32, 32),
-            *block(32, 64, stride=2),
-            *block(64, 64),
-            *block(64, 128, stride=2),
-            *block(128, 128),
+            *block(1, c[0]),
+            *block(c[0], c[0]),
+            *block(c[0], c[1], stride=2),
+            *block(c[1], c[1]),
+            *block(c[1], c[2], stride=2),
+            *block(c[2], c[2]),
             nn.Dropout(dropout),
-            nn.Conv2d(128, DESCRIPTOR_DIM, kernel_size=8, bias=False),
+            nn.Conv2d(c[2], DESCRIPTOR_DIM, kernel_size=8, bias=False),
             nn.BatchNorm2d(DESCRIPTOR_DIM, affine=False),
         )
 
@@ -93,7 +100,7 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
             f"weights {path} do not match their recorded sha256 ({path}.sha256); the file is corrupt"
         )
     state = read_state_dict(path)
-    model = HardNet()
+    model = HardNet(width=width_of_state(state))
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except RuntimeError:
@@ -106,6 +113,15 @@ def load_weights(name: str, device: torch.device | str = "cpu") -> HardNet:
             f"weights {path} cannot be loaded: not HardNet weights ({reason or 'tensor shapes differ'})"
         ) from None
     return model.eval().to(device)
+
+
+def width_of_state(state: dict[str, torch.Tensor]) -> float:
+    """The :class:`HardNet` width a state dict was saved with (1.0 when it cannot tell)."""
+    first = state.get("features.0.weight")
+    if first is None or first.ndim != 4 or first.shape[0] % 2:
+        return 1.0
+    width = first.shape[0] / 32
+    return width if 0.0 < width <= 1.0 else 1.0
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

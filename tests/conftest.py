@@ -11,6 +11,7 @@ cannot pass by skipping. Core behaviour is also tested on small data inside the 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -38,6 +39,7 @@ def load_script(path: Path, name: str):
 
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

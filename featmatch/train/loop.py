@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError, DeviceError
 from ..network import HardNet, save_weights
@@ -57,6 +58,10 @@ class TrainConfig:
         rotation_deg: independent random rotation of each patch in ``[-rotation_deg, rotation_deg]``.
         gamma_jitter: independent per-patch gamma in ``[1 / (1 + g), 1 + g]``.
         noise: standard deviation bound of per-patch Gaussian noise (intensities in [0, 1]).
+        width: channel multiplier of the network (:class:`HardNet`; 0.5 is a quarter of the work).
+        teacher: weights file of a teacher network: the student is distilled from it (it
+            reproduces the teacher's descriptors and its in-batch distance matrix, on top of ``loss``).
+        distill_weight: weight of the two distillation terms.
     """
 
     loss: LossConfig = field(default_factory=LossConfig)
@@ -75,6 +80,9 @@ class TrainConfig:
     rotation_deg: float = 5.0
     gamma_jitter: float = 0.25
     noise: float = 0.02
+    width: float = 1.0
+    teacher: str | None = None
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -91,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"val_every must be >= 0, got {self.val_every}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if not 0.0 < self.width <= 1.0:
+            raise ConfigError(f"width must be in (0, 1], got {self.width}")
+        if self.distill_weight < 0:
+            raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,9 +154,24 @@ class PairSampler:
         return self.order[self.starts[g] + i], self.order[self.starts[g] + j]
 
 
+def rotate_patches(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each patch about its centre (bilinear, border padding), counter-clockwise as seen for positive angles.
+
+    Shape:
+        - x: ``(n, c, h, w)``; degrees: ``(n,)``; output like ``x``.
+    """
+    rad = degrees.to(x.dtype) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # grid_sample's theta maps output to input coordinates (y down): this turns the content counter-clockwise
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def augment_pairs(a: torch.Tensor, p: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment anchor/positive patches.
+    """Augment anchor/positive patches (on their device; ``gen`` must live on the same device).
 
     Flips are shared by the two patches of a pair (a flipped pair is a new, consistent point);
     rotations, gamma and noise are drawn per patch (robustness to orientation and photometric
@@ -154,9 +181,10 @@ def augment_pairs(a: torch.Tensor, p: torch.Tensor, cfg: TrainConfig, gen: torch
         - a, p: ``(n, 1, 32, 32)`` float in [0, 1]; outputs the same.
     """
     n = a.shape[0]
+    dev = a.device
     if cfg.flip:
-        hf = torch.rand(n, generator=gen) < 0.5
-        vf = torch.rand(n, generator=gen) < 0.5
+        hf = torch.rand(n, generator=gen, device=dev) < 0.5
+        vf = torch.rand(n, generator=gen, device=dev) < 0.5
         a = torch.where(hf[:, None, None, None], a.flip(-1), a)
         p = torch.where(hf[:, None, None, None], p.flip(-1), p)
         a = torch.where(vf[:, None, None, None], a.flip(-2), a)
@@ -164,18 +192,32 @@ def augment_pairs(a: torch.Tensor, p: torch.Tensor, cfg: TrainConfig, gen: torch
     x = torch.cat([a, p])
     m = x.shape[0]
     if cfg.rotation_deg > 0:
-        from kornia.geometry.transform import rotate
-
-        ang = (torch.rand(m, generator=gen) * 2 - 1) * cfg.rotation_deg
-        x = rotate(x, ang.to(x.dtype), padding_mode="border")
+        ang = (torch.rand(m, generator=gen, device=dev) * 2 - 1) * cfg.rotation_deg
+        x = rotate_patches(x, ang)
     if cfg.gamma_jitter > 0:
         lg = math.log1p(cfg.gamma_jitter)
-        g = torch.exp((torch.rand(m, generator=gen) * 2 - 1) * lg)
+        g = torch.exp((torch.rand(m, generator=gen, device=dev) * 2 - 1) * lg)
         x = x.clamp(0, 1).pow(g[:, None, None, None])
     if cfg.noise > 0:
-        s = torch.rand(m, generator=gen) * cfg.noise
-        x = x + torch.randn(x.shape, generator=gen) * s[:, None, None, None]
+        s = torch.rand(m, generator=gen, device=dev) * cfg.noise
+        x = x + torch.randn(x.shape, generator=gen, device=dev) * s[:, None, None, None]
     return x[:n], x[n:]
+
+
+def distill_loss(sa: torch.Tensor, sp: torch.Tensor, ta: torch.Tensor, tp: torch.Tensor) -> torch.Tensor:
+    """Distillation terms: the student reproduces the teacher's descriptors and its distance matrix.
+
+    ``mean ||s - t||^2`` over both patches of every pair, plus ``mean (D_s - D_t)^2`` over the
+    ``n x n`` anchor/positive distance matrices (so matches are separated as the teacher does).
+
+    Shape:
+        - sa, sp, ta, tp: ``(n, d)``; output: scalar.
+    """
+    from .losses import distance_matrix
+
+    reproduce = ((sa - ta).pow(2).sum(1).mean() + (sp - tp).pow(2).sum(1).mean()) / 2
+    ranking = (distance_matrix(sa, sp) - distance_matrix(ta, tp)).pow(2).mean()
+    return reproduce + ranking
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
@@ -243,10 +285,14 @@ def train(dataset: PatchDataset, cfg: TrainConfig, run_dir: Path, out: Path | No
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     # channels_last makes oneDNN's bf16 convolutions about 1.5-2x faster on CPU (measured here).
-    model = HardNet().to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = HardNet(width=cfg.width).to(device).to(memory_format=torch.channels_last)
+    on_gpu = device.type == "cuda"
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           **({"fused": True} if on_gpu else {}))
+    teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # On a GPU the patches, the augmentation and its random numbers live there (no host round trip).
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = PairSampler(dataset.ids.numpy())
     if sampler.num_points < cfg.batch_size:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the {sampler.num_points} points of the dataset")
@@ -283,7 +329,9 @@ def train(dataset: PatchDataset, cfg: TrainConfig, run_dir: Path, out: Path | No
     use_bf16 = cfg.bf16
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.loss.name}", dynamic_ncols=True, disable=not progress,
                mininterval=2.0)
-    patches = dataset.patches
+    patches = dataset.patches.to(device) if on_gpu else dataset.patches
+    # A GPU run reads the loss back (a synchronization) only every few steps.
+    log_every = 25 if on_gpu else 1
     try:
         model.train()
         while step < cfg.steps:
@@ -295,32 +343,43 @@ def train(dataset: PatchDataset, cfg: TrainConfig, run_dir: Path, out: Path | No
             for group in opt.param_groups:
                 group["lr"] = lr
             ia, ib = sampler.sample(cfg.batch_size, rng)
-            a = patches[torch.from_numpy(ia)].float().div_(255.0)
-            p = patches[torch.from_numpy(ib)].float().div_(255.0)
+            ia_t, ib_t = torch.from_numpy(ia), torch.from_numpy(ib)
+            if on_gpu:
+                ia_t, ib_t = ia_t.to(device, non_blocking=True), ib_t.to(device, non_blocking=True)
+            a = patches[ia_t].float().div_(255.0)
+            p = patches[ib_t].float().div_(255.0)
             a, p = augment_pairs(a, p, cfg, gen)
             x = torch.cat([a, p]).to(device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 desc = model(x)
-            loss = compute_loss(cfg.loss, desc[: cfg.batch_size].float(), desc[cfg.batch_size:].float())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            sa, sp = desc[: cfg.batch_size].float(), desc[cfg.batch_size:].float()
+            loss = compute_loss(cfg.loss, sa, sp)
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    t = teacher(x).float()
+                loss = loss + cfg.distill_weight * distill_loss(sa, sp, t[: cfg.batch_size], t[cfg.batch_size:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
+            validate = val_pairs is not None and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if step % log_every and not validate and step != cfg.steps:
+                continue
             last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss became {last_loss} at step {step}")
             record: dict[str, Any] = {"step": step, "loss": round(last_loss, 5), "lr": round(lr, 8),
                                       "elapsed_s": round(elapsed_before + time.time() - t0, 1)}
-            if val_pairs is not None and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+            if validate:
                 val = evaluate_fpr95(model, val_pairs, device)
                 record["val_fpr95"] = round(val, 5)
                 logger.info("step %d loss %.4f val FPR95 %.4f", step, last_loss, val)
             log_f.write(json.dumps(record) + "\n")
             log_f.flush()
-            bar.update(1)
+            bar.update(step - bar.n)
             bar.set_postfix(loss=f"{last_loss:.4f}", val_fpr95="-" if val is None else f"{val:.4f}")
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
         checkpoint()
     finally:
         bar.close()
@@ -343,13 +402,26 @@ def train(dataset: PatchDataset, cfg: TrainConfig, run_dir: Path, out: Path | No
     return result
 
 
+def load_teacher(path: str, device: torch.device) -> HardNet:
+    """A frozen teacher network from a weights file (any :class:`HardNet` width)."""
+    from ..network import read_state_dict, width_of_state
+
+    state = read_state_dict(Path(path))
+    net = HardNet(width=width_of_state(state))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    net = net.eval().to(device).to(memory_format=torch.channels_last)
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    return net
+
+
 def fp16_roundtrip_error(model: torch.nn.Module, path: Path, pairs: PairSet | None, device: torch.device) -> float:
     """Largest absolute descriptor difference between ``model`` (fp32) and the fp16 file at ``path``.
 
     Measured on up to 2048 patches of ``pairs`` (random patches when ``pairs`` is None).
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
-    loaded = HardNet()
+    loaded = HardNet(width=getattr(model, "width", 1.0))
     loaded.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     if pairs is not None and len(pairs):
         x = pairs.a[:2048]
