@@ -94,6 +94,79 @@ def measure_patches(device: str, precision: str, n: int, batch: int, repeats: in
     return out
 
 
+def measure_variants(device: str, n: int, batches: tuple[int, ...], repeats: int) -> dict:
+    """patches/s of ways to run the folded hardnet on GPU-resident patches, and their agreement with fp32.
+
+    ``autocast-fp16`` is what the CUDA engine does; ``fp16-weights`` converts the folded network
+    and the patches to fp16 once (no per-call weight casts); ``+cudagraph`` replays one captured
+    forward pass per batch (no launch overhead). On the CPU only ``fp32`` runs (the plumbing).
+    """
+    import copy
+
+    import torch
+
+    from featmatch.inference import fold_for_inference
+    from featmatch.network import load_weights
+
+    net = fold_for_inference(load_weights("hardnet"), device)
+    x = torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = net(x[:2048]).float()
+    cuda = device == "cuda"
+    net16 = copy.deepcopy(net).half() if cuda else None
+
+    def autocast(xb):
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            return net(xb)
+
+    def graphed(batch: int):
+        static = x[:batch].half().clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                net16(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = net16(static)
+
+        def run(xb):
+            static.copy_(xb)
+            graph.replay()
+            return out
+
+        return run
+
+    variants = {"fp32": lambda b: net}
+    if cuda:
+        variants.update({"autocast-fp16": lambda b: autocast, "fp16-weights": lambda b: lambda xb: net16(xb.half()),
+                         "fp16-weights+cudagraph": graphed})  # fmt: skip
+    out: dict = {}
+    with torch.no_grad():
+        for name, make in variants.items():
+            for batch in batches:
+                try:
+                    fn = make(batch)
+                    m = min(2048, n)
+                    got = torch.cat([fn(x[s : s + batch]).float().clone() for s in range(0, m, batch)])[:m]
+                    cos = float((got * ref).sum(1).min())
+                    times = []
+                    for _ in range(repeats):
+                        _sync(device)
+                        t0 = time.perf_counter()
+                        for s in range(0, n - batch + 1, batch):
+                            fn(x[s : s + batch])
+                        _sync(device)
+                        times.append(time.perf_counter() - t0)
+                    done = (n // batch) * batch
+                    out[f"{name} @{batch}"] = {"patches_per_s": done / statistics.median(times), "min_cosine": cos}
+                except Exception as exc:  # a variant that fails is a finding, not the end of the check
+                    out[f"{name} @{batch}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return out
+
+
 def measure_matcher(
     device: str,
     keypoints: int,
@@ -157,6 +230,9 @@ def run_check(args: argparse.Namespace, memory=None) -> dict:
     }
     result = {"info": info, "goals": {}}
     result["patches"] = measure_patches(args.device, args.precision, args.patches, args.batch, args.repeats)
+    if args.variants:
+        result["variants"] = measure_variants(args.device, args.patches, tuple(sorted({min(4096, args.patches), args.batch})),
+                                              args.repeats)
     result["matcher"] = measure_matcher(args.device, args.keypoints, default_pairs()[: args.pairs], args.loops,
                                         memory)  # fmt: skip
     peak = result["matcher"].get("peak_reserved_mib")
@@ -196,6 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--loops", type=int, default=10, help="passes over the pairs in the warm loop")
     p.add_argument("--pytest-log", default=None, help="output of `pytest -m gpu` to summarize")
+    p.add_argument("--variants", action="store_true", help="also time other ways to run the network")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: a plumbing run (tests, CPU)")
     args = p.parse_args(argv)
     if args.precision is None:

@@ -68,3 +68,10 @@ def test_script_writes_its_json_and_refuses_cuda_without_a_gpu(tmp_path):
 
 def test_shell_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")], check=False).returncode == 0
+
+
+def test_variants_are_timed_and_checked_against_fp32_on_the_cpu():
+    gc = _module()
+    out = gc.measure_variants("cpu", n=512, batches=(256,), repeats=1)
+    assert set(out) == {"fp32 @256"}  # the CUDA-only variants need a GPU
+    assert out["fp32 @256"]["patches_per_s"] > 0 and out["fp32 @256"]["min_cosine"] > 0.9999

@@ -468,3 +468,34 @@ def test_sweep_trains_one_run_per_cell_with_the_same_budget_and_seed(tmp_path: P
                        (["--sweep", "beta=1", "--out", str(tmp_path / "m.pt")], "takes no --out")):
         r = CliRunner().invoke(train, ["--data-root", str(tmp_path / "none"), *bad])
         assert isinstance(r.exception, ConfigError) and match in str(r.exception), (bad, r.exception)
+
+
+def test_a_half_width_student_distilled_from_a_teacher_moves_towards_it(tmp_path: Path) -> None:
+    from featmatch.network import HardNet, read_state_dict, save_weights, width_of_state
+    from featmatch.train.metrics import describe_patches
+
+    ds = _tiny_dataset(points=32)
+    torch.manual_seed(3)
+    teacher = HardNet().eval()
+    save_weights(teacher, tmp_path / "teacher.pt", half=False)
+    x = ds.patches[:64]
+
+    def gap(student: HardNet) -> float:  # mean distance of the student's descriptors to the teacher's
+        return float((describe_patches(student, x) - describe_patches(teacher, x)).norm(dim=1).mean())
+
+    base = dict(loss=LossConfig(name="hardnet"), steps=30, batch_size=24, lr=3e-3, val_every=0, bf16=False,
+                device="cpu", rotation_deg=0.0, threads=1, width=0.5)
+    torch.manual_seed(0)
+    before = gap(HardNet(width=0.5))
+    run_training(ds, TrainConfig(**base, teacher=str(tmp_path / "teacher.pt"), distill_weight=5.0), tmp_path / "d",
+                 out=tmp_path / "d.pt", progress=False)
+    run_training(ds, TrainConfig(**base), tmp_path / "p", out=tmp_path / "p.pt", progress=False)
+    students = {}
+    for name in ("d", "p"):
+        state = read_state_dict(tmp_path / f"{name}.pt")
+        assert width_of_state(state) == 0.5
+        net = HardNet(width=0.5)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        students[name] = gap(net.eval())
+    # distillation pulls the student's descriptors to the teacher's; the plain loss does not
+    assert students["d"] < 0.85 * before and students["d"] < 0.85 * students["p"]  # measured: 1.16 vs 1.44, 1.42

@@ -407,7 +407,7 @@ def bench_images(config: BenchConfig) -> tuple[Path, Path]:
 
 
 def bench_pipeline(config: BenchConfig, models: Path, note: str, log: Callable[[str], None]) -> dict:
-    """Whole-process ``match`` of two images: featmatch sift/hardnet vs the OpenCV and kornia scripts."""
+    """Whole-process ``match`` of two images: featmatch sift/hardnet(-lite) vs the OpenCV and kornia scripts."""
     img1, img2 = (str(p) for p in bench_images(config))
     n = str(config.keypoints)
     py = sys.executable
@@ -421,6 +421,8 @@ def bench_pipeline(config: BenchConfig, models: Path, note: str, log: Callable[[
             "--weights", str(models / "hardnet.pt"), "--device", config.device,
         ],
     }  # fmt: skip
+    if (models / "hardnet-lite.pt").is_file():  # the half-width student distilled from hardnet
+        contenders["featmatch hardnet-lite"] = fm + ["--descriptor", "hardnet-lite", "--device", config.device]
     missing = [c for c in contenders.values() if c[1].endswith(".py") and not Path(c[1]).is_file()]
     if missing:
         raise FeatmatchError(f"competitor script {missing[0][1]} is missing (bench needs a source checkout)")
@@ -655,11 +657,14 @@ def format_report(result: dict) -> str:
                 f"{a['wall_s']:.2f} s vs {b['wall_s']:.2f} s), peak memory {a['peak_mb'] / b['peak_mb']:.2f}x "
                 f"({a['peak_mb']:.0f} MB vs {b['peak_mb']:.0f} MB)"
             )
-        a, b = rows["featmatch hardnet"], rows["opencv sift (script)"]
-        ratios.append(
-            f"ratio: pipeline featmatch hardnet vs opencv sift (script): time {a['wall_s'] / b['wall_s']:.2f}x the "
-            f"OpenCV script's ({a['wall_s']:.2f} s vs {b['wall_s']:.2f} s)"
-        )
+        for ours in ("featmatch hardnet", "featmatch hardnet-lite"):
+            if ours not in rows:
+                continue
+            a, b = rows[ours], rows["opencv sift (script)"]
+            ratios.append(
+                f"ratio: pipeline {ours} vs opencv sift (script): time {a['wall_s'] / b['wall_s']:.2f}x the "
+                f"OpenCV script's ({a['wall_s']:.2f} s vs {b['wall_s']:.2f} s)"
+            )
         lines.append("")
     k = result.get("knn")
     if k:

@@ -49,6 +49,7 @@ Examples:
   featmatch train --loss hardnet --steps 2000
   featmatch train --loss exptloss --beta 2 --gamma 2 --alpha 1 --mining-ratio 0.5
   featmatch train --loss hardnet --data-root ../shared/data --run-dir runs/h1
+  featmatch train --loss hardnet --width 0.5 --teacher models/hardnet.pt --batch-size 1024
   featmatch train --loss hardnet --resume          # continue runs/hardnet/checkpoint.pt
   featmatch train --loss hardnet --eval-only       # FPR95 of the shipped hardnet on the test pairs
 """,
@@ -68,6 +69,10 @@ Examples:
               help="Exp-TLoss: fraction of the batch's hardest positives kept.")
 @click.option("--form", type=click.Choice(["triplet", "siamese"]), default="triplet", show_default=True,
               help="Exp-TLoss form: [D_ap^b - D_an^g + a]+ or D_ap^b + [a - D_an^g]+.")
+@click.option("--width", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Channel multiplier of the network (0.5: a quarter of HardNet's work, as hardnet-lite).")
+@click.option("--teacher", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Distil from these weights: the student also reproduces the teacher's descriptors and distances.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, sampling and augmentation.")
 @click.option("--resume", is_flag=True, help="Continue from <run-dir>/checkpoint.pt if it exists.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -95,7 +100,8 @@ Examples:
                    "repeatable): one run folder per cell under --run-dir [default: runs/sweep-<loss>], same steps "
                    "and seed, weights.pt in each; never writes models/.")
 def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr: float, margin: float, beta: float,
-          gamma: float, alpha: float, mining_ratio: float, form: str, seed: int, resume: bool, out: Path | None,
+          gamma: float, alpha: float, mining_ratio: float, form: str, width: float, teacher: Path | None, seed: int,
+          resume: bool, out: Path | None,
           run_dir: Path | None, data_root: Path | None, cache_dir: Path | None, warps: int, max_keypoints: int,
           workers: int, threads: int | None, device: str, bf16: bool, checkpoint_every: int, val_every: int,
           eval_only: bool, progress: bool, sweep: tuple[str, ...]) -> None:
@@ -128,7 +134,8 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     loss_cfg = LossConfig(name=loss_name, margin=margin, beta=beta, gamma=gamma, alpha=alpha,
                           mining_ratio=mining_ratio, form=form)
     cfg = TrainConfig(loss=loss_cfg, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
-                      checkpoint_every=checkpoint_every, val_every=val_every, bf16=bf16, device=device, threads=threads)
+                      checkpoint_every=checkpoint_every, val_every=val_every, bf16=bf16, device=device, threads=threads,
+                      width=width, teacher=None if teacher is None else str(teacher))
     warp_cfg = WarpConfig(warps_per_image=warps, max_keypoints=max_keypoints)
     if grid:  # every cell must be a valid configuration before the dataset is built
         from .sweep import cell_config, grid_cells
