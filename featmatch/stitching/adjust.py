@@ -1,9 +1,9 @@
 """Bundle adjustment of the rotating-camera model, and the evidence for choosing it.
 
-Every image ``v`` has a rotation ``R_v`` (a rotation vector; the reference keeps ``R = I``);
-every camera group ``g`` (the images one physical camera took: same size, see
-:func:`camera_groups`) has a focal length, a principal point and Brown's radial distortion
-``k1, k2``. A pixel ``a`` of image ``i`` becomes the world ray ``R_i^T [undistort((a - c) / f), 1]``,
+Every image ``v`` has a rotation ``R_v`` (a rotation vector; the reference keeps ``R = I``) and
+a focal length (one per camera group with ``tie_focal``); every camera group ``g`` (the images
+one physical camera took: same size, see :func:`camera_groups`) has a principal point and
+Brown's radial distortion ``k1, k2``. A pixel ``a`` of image ``i`` becomes the world ray ``R_i^T [undistort((a - c) / f), 1]``,
 which camera ``j`` sees at ``f distort(x) + c``. The cost is the robust (Huber) symmetric
 reprojection error in input pixels over the inliers of every verified pair, wrap-around pairs
 of a 360 degree loop included, minimized by :func:`featmatch.stitching.refine.refine`
@@ -30,8 +30,8 @@ from .refine import PairPoints, RefineReport, refine
 
 logger = logging.getLogger(__name__)
 
-#: Parameters per camera group: focal, principal point (x, y), k1, k2.
-GROUP_PARAMS = 5
+#: Lens parameters per camera group: principal point (x, y), k1, k2.
+GROUP_PARAMS = 4
 #: Prior weights (normalized residual units per unit of the parameter) that keep the principal
 #: point near the image centre and the distortion near zero when the data do not say otherwise.
 PRIOR_PRINCIPAL = 2e-2
@@ -41,9 +41,10 @@ PRIOR_DISTORTION = 5e-3
 LENS_MIN_GAIN = 0.15
 #: ``auto`` keeps the rotation model when its RMS error (lens terms included) is at most this many
 #: times the pairwise homographies' plus :data:`AUTO_SLACK_PX` (a rotation fits a rotating camera
-#: about as well as free homographies do; a camera that moves in front of a flat scene it does not).
-AUTO_RATIO = 1.5
-AUTO_SLACK_PX = 0.75
+#: about as well as free homographies do, hand-held parallax aside (xue: 1.9 times); a camera that
+#: moves in front of a 3-D scene it does not).
+AUTO_RATIO = 2.5
+AUTO_SLACK_PX = 0.5
 #: ... and when the focal length is at most this many image sides (a field of view above ~23
 #: degrees). Scans and maps taken by a moving camera fit a rotation only with a far longer
 #: focal (budapest: 3.2 sides); at such narrow views the plane is as good for a real pan too.
@@ -59,48 +60,59 @@ def camera_groups(shapes: dict[int, tuple[int, int]]) -> dict[int, int]:
 
 
 class CameraModel:
-    """Rotation vectors of the non-reference images, then ``GROUP_PARAMS`` per camera group.
+    """Rotation vectors of the non-reference images, a focal per focal group, ``GROUP_PARAMS`` per camera group.
 
     Args:
         nodes: the images.
         reference: the image with ``R = I``.
-        groups: image -> camera group.
+        groups: image -> camera group (shares principal point and distortion).
         free_lens: also adjust the principal point and the distortion (else only R and f).
+        focal_groups: image -> focal group (shares a focal length; default: one per image).
     """
 
-    def __init__(self, nodes: list[int], reference: int, groups: dict[int, int], free_lens: bool = True):
+    def __init__(
+        self,
+        nodes: list[int],
+        reference: int,
+        groups: dict[int, int],
+        free_lens: bool = True,
+        focal_groups: dict[int, int] | None = None,
+    ):
         self.reference = reference
         self.slot = {v: k for k, v in enumerate(n for n in nodes if n != reference)}
         self.groups = {v: groups[v] for v in nodes}
+        fg = focal_groups if focal_groups is not None else {v: k for k, v in enumerate(nodes)}
+        self.focal_groups = {v: fg[v] for v in nodes}
         self.num_groups = max(self.groups.values()) + 1
-        self.base = 3 * len(self.slot)
+        self.num_focals = max(self.focal_groups.values()) + 1
+        self.base = 3 * len(self.slot) + self.num_focals
         self.num_params = self.base + GROUP_PARAMS * self.num_groups
         self.free = np.ones(self.num_params, bool)
         self.prior_weight = np.zeros(self.num_params)
         self.prior_mean = np.zeros(self.num_params)
         for g in range(self.num_groups):
             o = self.base + GROUP_PARAMS * g
-            self.prior_weight[o + 1 : o + 3] = PRIOR_PRINCIPAL
-            self.prior_weight[o + 3 : o + 5] = PRIOR_DISTORTION
+            self.prior_weight[o : o + 2] = PRIOR_PRINCIPAL
+            self.prior_weight[o + 2 : o + 4] = PRIOR_DISTORTION
             if not free_lens:
-                self.free[o + 1 : o + 5] = False
-        self._cache: dict[int, tuple] = {}
+                self.free[o : o + 4] = False
 
     def pack(self, rotations: dict[int, np.ndarray], focal: float | dict[int, float], lens: dict | None = None):
-        """Parameters from rotations, a focal (one, or per group) and optional ``lens[g] = (px, py, k1, k2)``."""
+        """Parameters from rotations, a focal (one, or per image) and optional ``lens[g] = (px, py, k1, k2)``."""
         p = np.zeros(self.num_params)
         for v, k in self.slot.items():
             p[3 * k : 3 * k + 3] = cv2.Rodrigues(np.ascontiguousarray(rotations[v], np.float64))[0].ravel()
+        for v, g in self.focal_groups.items():
+            p[3 * len(self.slot) + g] = focal[v] if isinstance(focal, dict) else focal
         for g in range(self.num_groups):
             o = self.base + GROUP_PARAMS * g
-            p[o] = focal[g] if isinstance(focal, dict) else focal
             if lens is not None and g in lens:
-                p[o + 1 : o + 5] = lens[g]
+                p[o : o + 4] = lens[g]
         return p
 
     def params_of(self, v: int) -> np.ndarray:
         o = self.base + GROUP_PARAMS * self.groups[v]
-        idx = list(range(o, o + GROUP_PARAMS))
+        idx = [3 * len(self.slot) + self.focal_groups[v], *range(o, o + GROUP_PARAMS)]
         if v != self.reference:
             k = self.slot[v]
             idx = [3 * k, 3 * k + 1, 3 * k + 2, *idx]
@@ -116,7 +128,8 @@ class CameraModel:
     def intrinsics(self, v: int, p: np.ndarray) -> tuple[float, float, float, float, float]:
         """``(f, px, py, k1, k2)`` of image ``v`` (normalized units)."""
         o = self.base + GROUP_PARAMS * self.groups[v]
-        return tuple(float(x) for x in p[o : o + GROUP_PARAMS])  # type: ignore[return-value]
+        f = p[3 * len(self.slot) + self.focal_groups[v]]
+        return (float(f), *(float(x) for x in p[o : o + GROUP_PARAMS]))  # type: ignore[return-value]
 
     def _transfer(self, src: int, dst: int, pts: np.ndarray, p: np.ndarray) -> np.ndarray:
         f, px, py, k1, k2 = self.intrinsics(src, p)
@@ -181,6 +194,7 @@ def adjust_cameras(
     lens: bool = True,
     start: dict[int, Camera] | None = None,
     iterations: int | None = None,
+    tie_focal: bool = False,
 ) -> Adjustment:
     """Bundle-adjust rotations and one focal per camera group, then also principal points and distortion.
 
@@ -196,18 +210,19 @@ def adjust_cameras(
         start: cameras to start from instead (a second adjustment after more pairs were found).
         iterations: Levenberg-Marquardt iterations per stage (None: the solver's default; 0:
             only measure the starting cameras' error).
+        tie_focal: one focal length per camera group instead of one per image.
 
     Returns:
         An :class:`Adjustment`; the focal stays as given when the adjustment diverges.
     """
     groups = camera_groups({v: shapes[v] for v in nodes})
-    model = CameraModel(nodes, reference, groups, free_lens=False)
+    model = CameraModel(nodes, reference, groups, free_lens=False, focal_groups=groups if tie_focal else None)
     if start is not None:
         lens_p = {}
         focals = {}
         for v, c in start.items():
             h, w = shapes[v]
-            focals[groups[v]] = c.focal / scale
+            focals[v] = c.focal / scale
             lens_p[groups[v]] = ((c.ppx - (w - 1) / 2.0) / scale, (c.ppy - (h - 1) / 2.0) / scale, c.k1, c.k2)
         p0 = model.pack({v: c.R for v, c in start.items()}, focals, lens_p)
     else:

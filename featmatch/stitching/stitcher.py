@@ -7,9 +7,13 @@ The steps, each in its own module:
 3. pairwise matching and verification (:meth:`featmatch.Matcher.match_features` plus Brown &
    Lowe's inlier test); the largest connected component is kept, the rest reported;
 4. maximum spanning tree on inlier counts, reference = the tree's centre, transforms chained
-   from it (homographies, or rotations and a focal length for cylindrical/spherical);
-5. joint refinement over every inlier match of every verified pair (:mod:`.refine`);
-6. warping (:mod:`.warp`), exposure gains, seams, blending and the optional crop (:mod:`.blend`).
+   from it (homographies, or rotations and a focal length);
+5. bundle adjustment of the camera model over every inlier of every verified pair
+   (:mod:`.adjust`), ``auto`` choosing it or the plane by how well it fits; pairs the cameras
+   predict to overlap (a loop's wrap-around) matched and added; wave correction
+   (:mod:`.camera`); the planar model refined instead for flat scenes (:mod:`.refine`);
+6. warping (:mod:`.warp`; a 360 degree loop onto exactly one turn), exposure gains, seams,
+   blending (:mod:`.blend`) and the crop (:mod:`.crop`).
 """
 
 from __future__ import annotations

@@ -312,19 +312,30 @@ def warp_surface(index: int, color: np.ndarray, cam: Camera, surface: Surface) -
     return pieces
 
 
+#: Canvas pixels whose rays are computed at once (float64 work arrays): memory follows this, not the image.
+WARP_CHUNK_PIXELS = 1 << 20
+
+
 def _warp_region(index: int, color: np.ndarray, cam: Camera, surface: Surface, roi: tuple) -> Warped:
     x, y, rw, rh = roi
     shape = color.shape[:2]
     u = (np.arange(x, x + rw, dtype=np.float64) + surface.origin[0]) / surface.scale
-    v = (np.arange(y, y + rh, dtype=np.float64) + surface.origin[1]) / surface.scale
-    theta, second = np.meshgrid(u, v)
-    if surface.kind == "cylindrical":
-        rays = np.stack([np.sin(theta), second, np.cos(theta)], axis=-1)
-    else:
-        rays = np.stack([np.sin(theta) * np.cos(second), np.sin(second), np.cos(theta) * np.cos(second)], axis=-1)
-    pix, front = cam.pixels(rays)
-    mx, my = pix[..., 0].astype(np.float32), pix[..., 1].astype(np.float32)
-    valid = front & (mx >= -0.5) & (mx <= shape[1] - 0.5) & (my >= -0.5) & (my <= shape[0] - 0.5)
+    mx = np.empty((rh, rw), np.float32)
+    my = np.empty((rh, rw), np.float32)
+    valid = np.empty((rh, rw), bool)
+    step = max(1, WARP_CHUNK_PIXELS // max(rw, 1))
+    for r0 in range(0, rh, step):
+        v = (np.arange(y + r0, y + min(r0 + step, rh), dtype=np.float64) + surface.origin[1]) / surface.scale
+        theta, second = np.meshgrid(u, v)
+        if surface.kind == "cylindrical":
+            rays = np.stack([np.sin(theta), second, np.cos(theta)], axis=-1)
+        else:
+            rays = np.stack([np.sin(theta) * np.cos(second), np.sin(second), np.cos(theta) * np.cos(second)], axis=-1)
+        pix, front = cam.pixels(rays)
+        rows = slice(r0, r0 + len(v))
+        mx[rows], my[rows] = pix[..., 0], pix[..., 1]
+        valid[rows] = front & (pix[..., 0] >= -0.5) & (pix[..., 0] <= shape[1] - 0.5)
+        valid[rows] &= (pix[..., 1] >= -0.5) & (pix[..., 1] <= shape[0] - 0.5)
     mx[~valid], my[~valid] = -10.0, -10.0
     img = cv2.remap(color, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return Warped(index, img, valid.astype(np.uint8) * 255, (x, y))
