@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from featmatch.cli import cli
-from featmatch.stitching import camera, crop, stitch
+from featmatch.stitching import adjust, camera, crop, stitch
 
 from .conftest import EVALDATA
 
@@ -68,7 +68,9 @@ def test_synthetic_loop_recovers_focal_and_distortion(loop_result):
         assert abs(cam.focal - F_TRUE) / F_TRUE < 0.01
         assert abs(cam.k1 - K1_TRUE) < 0.01
     assert r.refine_rms is not None and r.refine_rms[1] < 1.0
-    assert r.to_json()["images"][0]["camera"]["k1"] == pytest.approx(r.cameras[0].k1)
+    js = r.to_json()
+    assert js["images"][0]["camera"]["k1"] == pytest.approx(r.cameras[0].k1)
+    assert js["rms_px"] == pytest.approx(r.refine_rms[1], abs=1e-4) and js["closed_loop"] is True
 
 
 def test_synthetic_loop_spans_exactly_360_degrees(loop_result):
@@ -156,3 +158,21 @@ def test_cli_no_crop_writes_alpha_to_png(loop_views, tmp_path):
         cli, ["stitch", *paths, "-o", str(out), "-d", "sift", "--scale", "1", "--output-megapixels", "1"]
     )
     assert r.exit_code == 2 and "not both" in r.stderr
+
+
+def test_loop_pairs_the_cameras_predict_are_proposed():
+    """Ten cameras round a circle, only neighbours tried: the wrap-around pair (0, 9) is predicted."""
+    cams = {
+        k: camera.Camera(cv2.Rodrigues(np.array([0.0, 2 * np.pi * k / STEPS, 0.0]))[0].T, F_TRUE, 159.5, 119.5)
+        for k in range(STEPS)
+    }
+    shapes = dict.fromkeys(range(STEPS), (VIEW_H, VIEW_W))
+    tried = {(k, k + 1) for k in range(STEPS - 1)}
+    assert adjust.predicted_pairs(cams, shapes, tried) == [(0, STEPS - 1)]
+
+
+def test_layout_picture_of_a_closed_loop(loop_result):
+    from featmatch.stitching.plot import draw_layout
+
+    pic = draw_layout(loop_result)
+    assert pic.ndim == 3 and pic.shape[1] > 0
