@@ -15,7 +15,17 @@ import featmatch
 from featmatch.cli import cli
 from featmatch.errors import ImageReadError
 from featmatch.geometry import corners, project
-from featmatch.stitching import StitchConfig, StitchError, StitchInputError, StitchWarning, blend, camera, graph, stitch
+from featmatch.stitching import (
+    StitchConfig,
+    StitchError,
+    StitchInputError,
+    StitchWarning,
+    blend,
+    camera,
+    crop,
+    graph,
+    stitch,
+)
 from featmatch.stitching.warp import check_canvas
 
 from .conftest import EVALDATA
@@ -48,7 +58,7 @@ def grid_views(astronaut):
 
 @pytest.fixture(scope="module", params=["sift", "hardnet"])
 def grid_result(grid_views, request):
-    return stitch(grid_views[0], descriptor=request.param, max_keypoints=KP, projection="planar")
+    return stitch(grid_views[0], descriptor=request.param, max_keypoints=KP, projection="planar", crop=False)
 
 
 @pytest.fixture(scope="module")
@@ -219,10 +229,15 @@ def test_fewer_than_two_images_and_missing_files(grid_views, tmp_path):
 
 
 def test_canvas_cap_is_a_clear_error(grid_views):
-    with pytest.raises(StitchError, match="beyond the cap"):
+    with pytest.raises(StitchError, match="beyond --max-megapixels 0.05"):
         stitch(grid_views[0][:2], max_keypoints=KP, max_megapixels=0.05)
     with pytest.raises(StitchError, match="MP"):
         check_canvas(100000, 100000, 50.0)
+    check_canvas(5000, 4000, None, 4.0)  # no cap by default: 20 MP from 4 MP of images is fine
+    with pytest.raises(StitchError, match="the model is wrong"):
+        check_canvas(10000, 4000, None, 4.0)  # ten times the images' area: only a wrong model does that
+    with pytest.raises(StitchError, match="32000 px a side"):
+        check_canvas(40000, 100, None, 4.0)
 
 
 def test_bad_options_are_config_errors():
@@ -251,7 +266,7 @@ def test_largest_rectangle_of_a_hand_made_mask():
     valid = np.zeros((300, 400), bool)
     valid[50:250, 20:380] = True
     valid[0:300, 150:200] = True  # a tall thin band does not win
-    x, y, w, h = blend.largest_rectangle(valid)
+    x, y, w, h = crop.largest_rectangle(valid)
     assert valid[y : y + h, x : x + w].all()
     assert w * h >= 0.97 * 200 * 360
 

@@ -1,4 +1,4 @@
-"""Compositing: exposure gains, seams, blending and the crop to the largest valid rectangle.
+"""Compositing: exposure gains, seams and blending (the crop is :mod:`.crop`).
 
 - Gains: one scalar per image from the mean intensities of every overlap, by least squares
   with a prior pulling gains to 1 (Brown & Lowe; OpenCV's ``GainCompensator``).
@@ -142,39 +142,3 @@ def blend(
     pano = np.clip(result, 0, 255).astype(np.uint8)
     pano[~valid] = 0
     return pano, valid, owner
-
-
-def largest_rectangle(valid: np.ndarray, max_side: int = 480) -> tuple[int, int, int, int]:
-    """``(x, y, w, h)`` of the largest axis-aligned rectangle of valid pixels.
-
-    Found on a downscaled copy (cells valid only when fully valid, so the answer is
-    conservative) by the largest-rectangle-in-a-histogram sweep, then mapped back.
-    """
-    h, w = valid.shape
-    s = min(1.0, max_side / max(h, w))
-    sw, sh = max(1, int(w * s)), max(1, int(h * s))
-    small = cv2.resize(valid.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) >= 0.999
-    heights = np.zeros(sw, np.int64)
-    best = (0, 0, 0, 0, 0)  # area, x, y, w, h in small cells
-    for row in range(sh):
-        heights = np.where(small[row], heights + 1, 0)
-        stack: list[int] = []
-        for col in range(sw + 1):
-            cur = heights[col] if col < sw else 0
-            while stack and heights[stack[-1]] >= cur:
-                top = stack.pop()
-                left = stack[-1] + 1 if stack else 0
-                area = int(heights[top]) * (col - left)
-                if area > best[0]:
-                    best = (area, left, row - int(heights[top]) + 1, col - left, int(heights[top]))
-            stack.append(col)
-    if best[0] == 0:
-        return (0, 0, w, h)
-    _, bx, by, bw, bh = best
-    fx, fy = w / sw, h / sh
-    x0, y0 = int(np.ceil(bx * fx)), int(np.ceil(by * fy))
-    x1, y1 = int(np.floor((bx + bw) * fx)), int(np.floor((by + bh) * fy))
-    # Shave rows/columns that the downscale judged too generously.
-    while x1 - x0 > 2 and y1 - y0 > 2 and not valid[y0:y1, x0:x1].all():
-        x0, y0, x1, y1 = x0 + 1, y0 + 1, x1 - 1, y1 - 1
-    return (x0, y0, x1 - x0, y1 - y0)

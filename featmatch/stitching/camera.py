@@ -7,6 +7,7 @@ principal point) divided by a common scale, so that ``K = diag(f, f, 1)``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -113,3 +114,94 @@ def wave_correct(rotations: dict[int, np.ndarray], reference: int, min_spread: f
     x = np.cross(up, z)
     W = np.stack([x, up, z])  # rows: new world axes in old world coordinates
     return {v: R @ W.T for v, R in rotations.items()}
+
+
+#: Fixed-point iterations that invert the radial distortion (enough for |k1| r^2 below ~0.3).
+UNDISTORT_ITERATIONS = 8
+
+
+def distort(x: np.ndarray, k1: float, k2: float) -> np.ndarray:
+    """Brown's radial distortion of normalized camera coordinates ``(K, 2)``: ``x (1 + k1 r^2 + k2 r^4)``."""
+    r2 = np.sum(x * x, axis=-1, keepdims=True)
+    return x * (1.0 + k1 * r2 + k2 * r2 * r2)
+
+
+def undistort(xd: np.ndarray, k1: float, k2: float) -> np.ndarray:
+    """The inverse of :func:`distort`, by fixed-point iteration (exact when ``k1 = k2 = 0``)."""
+    if k1 == 0.0 and k2 == 0.0:
+        return xd
+    x = xd
+    for _ in range(UNDISTORT_ITERATIONS):
+        r2 = np.sum(x * x, axis=-1, keepdims=True)
+        x = xd / (1.0 + k1 * r2 + k2 * r2 * r2)
+    return x
+
+
+def monotonic_radius(k1: float, k2: float, cap: float = 4.0) -> float:
+    """The radius up to which :func:`distort` grows with ``r`` (at most ``cap``)."""
+    # d/dr [r (1 + k1 r^2 + k2 r^4)] = 1 + 3 k1 s + 5 k2 s^2 with s = r^2
+    roots = np.roots([5.0 * k2, 3.0 * k1, 1.0]) if k2 != 0.0 else ([-1.0 / (3.0 * k1)] if k1 != 0.0 else [])
+    s = [float(np.real(z)) for z in roots if abs(np.imag(z)) < 1e-12 and np.real(z) > 0]
+    return min([cap, *(np.sqrt(v) for v in s)])
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One image's camera in the rotation model, in pixels.
+
+    A pixel ``p`` is the ray ``R^T [undistort((p - c) / f), 1]`` in world coordinates.
+
+    Attributes:
+        R: ``(3, 3)`` rotation, world -> camera.
+        focal: focal length in pixels.
+        ppx, ppy: principal point in pixels.
+        k1, k2: radial distortion (Brown's model on ``(p - c) / f``), shared by a camera's images.
+        group: which physical camera took the image (images of one group share ``c``, ``k1``, ``k2``).
+    """
+
+    R: np.ndarray
+    focal: float
+    ppx: float
+    ppy: float
+    k1: float = 0.0
+    k2: float = 0.0
+    group: int = 0
+
+    def rays(self, pts: np.ndarray) -> np.ndarray:
+        """``(K, 2)`` pixels -> ``(K, 3)`` world rays (not unit length)."""
+        x = undistort((np.asarray(pts, np.float64) - [self.ppx, self.ppy]) / self.focal, self.k1, self.k2)
+        return np.concatenate([x, np.ones((*x.shape[:-1], 1))], axis=-1) @ self.R
+
+    def pixels(self, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(..., 3)`` world rays -> ``(..., 2)`` pixels and a ``(...)`` mask of the rays the camera sees.
+
+        A ray is seen when it is in front of the camera and within the radius where the lens
+        model is monotonic (:func:`monotonic_radius`).
+        """
+        cam = rays @ self.R.T
+        z = cam[..., 2:3]
+        front = z[..., 0] > 1e-6
+        x = cam[..., :2] / np.where(z > 1e-6, z, 1.0)
+        # Brown's polynomial turns back beyond its extremum: rays beyond it must not fold back in.
+        r = np.linalg.norm(x, axis=-1, keepdims=True)
+        r_max = monotonic_radius(self.k1, self.k2)
+        front = front & (r[..., 0] < r_max)
+        x = np.where(r < r_max, x, r_max * x / np.maximum(r, 1e-12))
+        return distort(x, self.k1, self.k2) * self.focal + [self.ppx, self.ppy], front
+
+    def homography_to(self, other: Camera) -> np.ndarray:
+        """``(3, 3)`` pixels of this camera -> pixels of ``other``, ignoring the lens distortion."""
+        K = np.array([[self.focal, 0, self.ppx], [0, self.focal, self.ppy], [0, 0, 1.0]])
+        K2 = np.array([[other.focal, 0, other.ppx], [0, other.focal, other.ppy], [0, 0, 1.0]])
+        H = K2 @ other.R @ self.R.T @ np.linalg.inv(K)
+        return H / H[2, 2]
+
+    def to_json(self) -> dict:
+        return {
+            "focal": float(self.focal),
+            "principal_point": [float(self.ppx), float(self.ppy)],
+            "k1": float(self.k1),
+            "k2": float(self.k2),
+            "rotation": [[float(v) for v in row] for row in self.R],
+            "camera": int(self.group),
+        }

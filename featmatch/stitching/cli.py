@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..detect import C_INT_MAX
 from ..options import FiniteFloatRange, descriptor_option, max_tilt_option, pipeline_options
@@ -62,7 +63,8 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     type=click.Choice(PROJECTIONS),
     default=DEFAULT_PROJECTION,
     show_default=True,
-    help="auto: planar for scans and narrow sets, cylindrical when the cameras turn further than 50 degrees.",
+    help="auto: the rotating-camera model (cylindrical; spherical for a tall view) when it fits the matches about "
+    "as well as free homographies, planar for flat scenes such as scans and maps.",
 )
 @click.option(
     "--blend",
@@ -72,7 +74,12 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     help="multiband: blend low frequencies wide and details narrow (no visible seams); feather: a linear "
     "ramp across the overlap; none: each pixel from one image (hard seams).",
 )
-@click.option("--crop/--no-crop", default=False, show_default=True, help="Crop to the largest valid rectangle.")
+@click.option(
+    "--crop/--no-crop",
+    default=True,
+    show_default=True,
+    help="Crop to the largest rectangle of valid pixels (--no-crop keeps everything; PNG gets an alpha channel).",
+)
 @click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
 @click.option(
     "--focal", type=FiniteFloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
@@ -81,8 +88,18 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     "--max-megapixels",
     type=FiniteFloatRange(min=0.0, min_open=True),
     default=DEFAULT_MAX_MEGAPIXELS,
-    show_default=True,
-    help="Refuse (exit 3) a panorama canvas larger than this, e.g. from a runaway homography.",
+    help="Refuse (exit 3) a panorama canvas larger than this [default: no cap; a canvas only a wrong model "
+    "makes is refused anyway].",
+)
+@click.option(
+    "--output-megapixels",
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    help="Resolution of the panorama: its canvas's area before the crop [default: the inputs' resolution].",
+)
+@click.option(
+    "--scale",
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    help="Resolution of the panorama relative to the inputs' (instead of --output-megapixels).",
 )
 @click.option(
     "--pairs-per-image",
@@ -121,6 +138,8 @@ def stitch_command(
     exposure,
     focal,
     max_megapixels,
+    output_megapixels,
+    scale,
     pairs_per_image,
     retry_tilt,
     as_json,
@@ -136,11 +155,12 @@ def stitch_command(
     \b
     Examples:
       featmatch stitch examples/river -o river.jpg --plot layout.png
-      featmatch stitch a.jpg b.jpg c.jpg -o pano.jpg --projection cylindrical --crop
+      featmatch stitch a.jpg b.jpg c.jpg -o pano.png --projection cylindrical --no-crop
+      featmatch stitch big/*.jpg -o pano.jpg --output-megapixels 20
 
     \b
     Exit codes: 0 written, 3 no pair of images overlaps (or the canvas would exceed
-    --max-megapixels), 2 bad usage or unreadable input (fewer than 2 images, missing file,
+    --max-megapixels, or is so large that the model must be wrong), 2 bad usage or unreadable input (fewer than 2 images, missing file,
     missing model), 1 a bug.
     """
     from ..detect import DetectConfig
@@ -172,6 +192,8 @@ def stitch_command(
         exposure=exposure,
         focal=focal,
         max_megapixels=max_megapixels,
+        output_megapixels=output_megapixels,
+        scale=scale,
         pairs_per_image=pairs_per_image,
         min_inliers=min_inliers,
         retry_tilt=retry_tilt,
@@ -182,7 +204,10 @@ def stitch_command(
     for w in caught:
         if issubclass(w.category, StitchWarning):
             click.echo(f"featmatch: warning: {w.message}", err=True)
-    write_image(output, result.panorama)
+    pano = result.panorama
+    if not crop and str(output).lower().endswith(".png"):  # uncovered canvas is transparent
+        pano = np.dstack([pano, result.valid.astype(np.uint8) * 255])
+    write_image(output, pano)
     if plot:
         from .plot import draw_layout
 

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..detect import MAX_TILT_LIMIT
 from ..errors import EXIT_NO_HOMOGRAPHY, ConfigError, FeatmatchError
 
 #: Descriptor used by ``featmatch stitch`` and :func:`featmatch.stitch` when none is given:
 #: the core default (``python benchmarks/stitch_vs_opencv.py`` compares it with sift).
 DEFAULT_STITCH_DESCRIPTOR = "hardnet"
-#: ``auto`` picks planar for narrow sets and scans, cylindrical for wide rotating-camera sets.
+#: ``auto`` picks the rotation model (cylindrical, or spherical for a tall field of view) when it
+#: explains the matches about as well as free homographies, planar for flat scenes (scans, maps).
 PROJECTIONS = ("auto", "planar", "cylindrical", "spherical")
 DEFAULT_PROJECTION = "auto"
 BLENDS = ("multiband", "feather", "none")
 DEFAULT_BLEND = "multiband"
-#: Largest panorama canvas allocated (megapixels): a wrong homography must not eat the memory.
-DEFAULT_MAX_MEGAPIXELS = 50.0
+#: No cap on the canvas by default: only a canvas that a wrong model makes is refused (see
+#: :data:`featmatch.stitching.warp.BAD_MODEL_FACTOR`); ``max_megapixels`` sets one.
+DEFAULT_MAX_MEGAPIXELS = None
 #: Up to this many images every pair is matched; above it a FAISS vote shortlists pairs.
 DEFAULT_EXHAUSTIVE_MAX = 8
 #: Candidate partners kept per image by the FAISS vote.
@@ -53,12 +57,20 @@ class StitchConfig:
     Attributes:
         projection: one of :data:`PROJECTIONS`.
         blend: one of :data:`BLENDS`.
-        crop: crop the panorama to the largest rectangle of valid pixels.
+        crop: crop the panorama to the largest rectangle of valid pixels (a closed 360 degree
+            panorama: to the rows valid all round); False keeps every pixel (the CLI then writes
+            an alpha channel to PNG).
         exposure: compensate gains between images (least squares over overlap means).
-        refine: jointly refine all transforms over all inlier matches after chaining.
+        refine: jointly refine all transforms over all inlier matches after chaining (bundle
+            adjustment of the camera model for cylindrical/spherical).
+        lens: let the bundle adjustment also fit each camera's principal point and radial
+            distortion ``k1, k2``.
         wave_correct: straighten wide cylindrical/spherical panoramas (horizon level).
         focal: focal length in pixels for cylindrical/spherical (None: estimated from the homographies).
-        max_megapixels: the largest canvas allowed; a larger one raises :class:`StitchError`.
+        max_megapixels: the largest canvas allowed (None: no cap; a canvas only a wrong model makes
+            is refused anyway); a larger one raises :class:`StitchError`.
+        output_megapixels: the canvas's area before the crop (None: the input resolution).
+        scale: output resolution relative to the input images' (exclusive with ``output_megapixels``).
         exhaustive_max: match all pairs up to this many images, else shortlist by a FAISS vote.
         pairs_per_image: candidate partners kept per image by the vote.
         min_inliers: fewest inliers for a pair to count as overlapping.
@@ -75,12 +87,15 @@ class StitchConfig:
 
     projection: str = DEFAULT_PROJECTION
     blend: str = DEFAULT_BLEND
-    crop: bool = False
+    crop: bool = True
     exposure: bool = True
     refine: bool = True
+    lens: bool = True
     wave_correct: bool = True
     focal: float | None = None
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
+    output_megapixels: float | None = None
+    scale: float | None = None
     exhaustive_max: int = DEFAULT_EXHAUSTIVE_MAX
     pairs_per_image: int = DEFAULT_PAIRS_PER_IMAGE
     min_inliers: int = 20
@@ -100,8 +115,12 @@ class StitchConfig:
             raise ConfigError(f"unknown projection '{self.projection}'; choose one of {', '.join(PROJECTIONS)}")
         if self.blend not in BLENDS:
             raise ConfigError(f"unknown blend '{self.blend}'; choose one of {', '.join(BLENDS)}")
-        if not self.max_megapixels > 0:
-            raise ConfigError(f"max_megapixels must be positive, got {self.max_megapixels}")
+        for name in ("max_megapixels", "output_megapixels", "scale"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.output_megapixels is not None and self.scale is not None:
+            raise ConfigError("give output_megapixels or scale, not both")
         if self.focal is not None and not self.focal > 0:
             raise ConfigError(f"focal must be positive, got {self.focal}")
         if self.exhaustive_max < 2:

@@ -152,7 +152,7 @@ def _huber_cost(r: np.ndarray, delta: float) -> float:
 
 
 def refine(
-    model: PlanarModel | RotationModel,
+    model,
     params: np.ndarray,
     pairs: list[PairPoints],
     scale: float,
@@ -162,7 +162,9 @@ def refine(
     """Levenberg-Marquardt over ``params`` minimizing the robust symmetric transfer error.
 
     Args:
-        model: the parametrization.
+        model: the parametrization: :class:`PlanarModel`, :class:`RotationModel` or
+            :class:`~featmatch.stitching.adjust.CameraModel` (anything with ``num_params``,
+            ``params_of(v)`` and ``matrix(i, p)`` or ``pair_residual(pair, p)``).
         params: ``(P,)`` the starting values (from the chained pairwise estimates).
         pairs: the normalized inlier correspondences of every verified pair.
         scale: pixels per normalized unit (reports and the Huber threshold are in pixels).
@@ -181,12 +183,25 @@ def refine(
     if model.num_params == 0 or n_pts == 0:
         return p, RefineReport(0.0, 0.0, 0)
 
+    # A model may define its own pair residual (the camera model's lens distortion) and a
+    # Gaussian prior ``prior_weight * (p - prior_mean)`` on its parameters.
+    if hasattr(model, "pair_residual"):
+        residual = model.pair_residual
+    else:
+
+        def residual(pp: PairPoints, q: np.ndarray) -> np.ndarray:
+            return _pair_residual(model.matrix(pp.i, q), model.matrix(pp.j, q), pp)
+
+    prior_w = getattr(model, "prior_weight", np.zeros(model.num_params))
+    prior_mean = getattr(model, "prior_mean", np.zeros(model.num_params))
+
     def total(q: np.ndarray) -> tuple[float, float]:
         cost, sq = 0.0, 0.0
         for pp in pairs:
-            r = _pair_residual(model.matrix(pp.i, q), model.matrix(pp.j, q), pp)
+            r = residual(pp, q)
             cost += _huber_cost(r, delta)
             sq += float(r @ r)
+        cost += 0.5 * float(np.sum((prior_w * (q - prior_mean)) ** 2))
         return cost, float(np.sqrt(sq / n_pts)) * scale
 
     cost, rms_before = total(p)
@@ -198,17 +213,18 @@ def refine(
             idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
             if len(idx) == 0:
                 continue
-            Mi, Mj = model.matrix(pp.i, p), model.matrix(pp.j, p)
-            r0 = _pair_residual(Mi, Mj, pp)
+            r0 = residual(pp, p)
             J = np.empty((len(r0), len(idx)))
             for c, k in enumerate(idx):
                 q = p.copy()
                 q[k] += eps
-                J[:, c] = (_pair_residual(model.matrix(pp.i, q), model.matrix(pp.j, q), pp) - r0) / eps
+                J[:, c] = (residual(pp, q) - r0) / eps
             w = _weights(r0, delta)
             Jw = J * w[:, None]
             JtJ[np.ix_(idx, idx)] += Jw.T @ J
             Jtr[idx] += Jw.T @ r0
+        JtJ += np.diag(prior_w**2)
+        Jtr += prior_w**2 * (p - prior_mean)
         improved = False
         for _ in range(10):
             A = JtJ + lam * np.diag(np.maximum(np.diag(JtJ), 1e-12))

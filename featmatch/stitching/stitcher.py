@@ -7,9 +7,13 @@ The steps, each in its own module:
 3. pairwise matching and verification (:meth:`featmatch.Matcher.match_features` plus Brown &
    Lowe's inlier test); the largest connected component is kept, the rest reported;
 4. maximum spanning tree on inlier counts, reference = the tree's centre, transforms chained
-   from it (homographies, or rotations and a focal length for cylindrical/spherical);
-5. joint refinement over every inlier match of every verified pair (:mod:`.refine`);
-6. warping (:mod:`.warp`), exposure gains, seams, blending and the optional crop (:mod:`.blend`).
+   from it (homographies, or rotations and a focal length);
+5. bundle adjustment of the camera model over every inlier of every verified pair
+   (:mod:`.adjust`), ``auto`` choosing it or the plane by how well it fits; pairs the cameras
+   predict to overlap (a loop's wrap-around) matched and added; wave correction
+   (:mod:`.camera`); the planar model refined instead for flat scenes (:mod:`.refine`);
+6. warping (:mod:`.warp`; a 360 degree loop onto exactly one turn), exposure gains, seams,
+   blending (:mod:`.blend`) and the crop (:mod:`.crop`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import numpy as np
 from ..geometry import project
 from ..imageio import Image, ImageLike, load_image
 from ..pipeline import Matcher
+from . import adjust, camera, graph, refine, warp
 from . import blend as blending
-from . import camera, graph, refine, warp
+from . import crop as cropping
 from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
 
 logger = logging.getLogger(__name__)
@@ -86,7 +91,9 @@ class StitchResult:
         footprints: per placed image, ``(K, 2)`` panorama coordinates of its border.
         seams: ``(H, W)`` int16 index into ``placed`` of the image each pixel comes from (-1 none).
         crop: ``(x, y, w, h)`` of the panorama inside the uncropped canvas.
-        refine_rms: ``(before, after)`` RMS transfer error of the inliers in pixels (None: not refined).
+        refine_rms: ``(before, after)`` RMS reprojection error of the inliers in input pixels (None: not refined).
+        cameras: per placed image its :class:`~featmatch.stitching.camera.Camera` (rotation model only).
+        closed: the panorama goes all the way round and spans exactly 360 degrees.
         timings_ms: wall time per step.
     """
 
@@ -107,6 +114,8 @@ class StitchResult:
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)
     refine_rms: tuple[float, float] | None = None
     timings_ms: dict = field(default_factory=dict)
+    cameras: dict = field(default_factory=dict)
+    closed: bool = False
 
     def relative_homography(self, i: int, j: int) -> np.ndarray:
         """``(3, 3)`` mapping image ``i`` pixels to image ``j`` pixels through the panorama's model."""
@@ -132,6 +141,7 @@ class StitchResult:
                     "homography": mat(self.homographies[k]) if k in self.homographies else None,
                     "to_reference": mat(self.to_reference[k]) if k in self.to_reference else None,
                     "rotation": mat(self.rotations[k]) if k in self.rotations else None,
+                    "camera": self.cameras[k].to_json() if k in self.cameras else None,
                 }
                 for k, name in enumerate(self.names)
             ],
@@ -140,6 +150,8 @@ class StitchResult:
             "edges": [e.to_json() for e in self.edges],
             "crop": list(self.crop),
             "refine_rms_px": None if self.refine_rms is None else [round(v, 4) for v in self.refine_rms],
+            "rms_px": None if self.refine_rms is None else round(self.refine_rms[1], 4),
+            "closed_loop": self.closed,
             "timings_ms": {k: round(float(v), 1) for k, v in self.timings_ms.items()},
         }
 
@@ -272,94 +284,70 @@ def stitch(
         for k, e in edges.items()
     }
     pairs_main = [verified[k] for k in weights]
-    pair_H = {(pm.i, pm.j): pm.H for pm in pairs_main}
     scale = float(np.median([max(shapes[v]) for v in main]))
     N = {v: _normalizer(shapes[v], scale) for v in main}
     centred = {(pm.i, pm.j): N[pm.j] @ pm.H @ np.linalg.inv(N[pm.i]) for pm in pairs_main}
-    pair_points = []
-    for pm in pairs_main:
-        sel = _subsample(len(pm.pts_i), cfg.max_points_per_pair)
-        a = (pm.pts_i[sel] - [(shapes[pm.i][1] - 1) / 2.0, (shapes[pm.i][0] - 1) / 2.0]) / scale
-        b = (pm.pts_j[sel] - [(shapes[pm.j][1] - 1) / 2.0, (shapes[pm.j][0] - 1) / 2.0]) / scale
-        pair_points.append(refine.PairPoints(pm.i, pm.j, a, b))
-
-    H_ref = graph.chain_to_reference(reference, tree, pair_H)
-    if cfg.focal is not None:
-        focal_n = cfg.focal / scale
-    else:
-        focal_n = camera.estimate_focal(list(centred.values()))
-    projection = cfg.projection
-    if projection == "auto":
-        projection = _choose_projection(H_ref, shapes, main, reference, tree, centred, focal_n)
+    pair_points = [_pair_points(pm, shapes, scale, cfg.max_points_per_pair) for pm in pairs_main]
+    focal_n = cfg.focal / scale if cfg.focal is not None else camera.estimate_focal(list(centred.values()))
     timings["graph"] = _ms(t0)
 
     t0 = time.perf_counter()
-    refine_rms = None
-    rotations: dict[int, np.ndarray] = {}
-    focal_px = None if focal_n is None else focal_n * scale
-    if projection == "planar":
-        M = {v: N[reference] @ H_ref[v] @ np.linalg.inv(N[v]) for v in main}
-        if cfg.refine and len(main) > 1:
-            model = refine.PlanarModel(main, reference)
-            p, rep = refine.refine(model, model.pack(M), pair_points, scale, huber_px=matcher.geometry_config.threshold)
-            M = {v: model.matrix(v, p) for v in main}
-            refine_rms = (rep.rms_before, rep.rms_after)
-        to_ref = {v: _unit(np.linalg.inv(N[reference]) @ M[v] @ N[v]) for v in main}
-    else:
-        if focal_n is None:
-            focal_n = float(np.mean([(shapes[v][0] + shapes[v][1]) / 2.0 for v in main])) / scale
-            logger.warning(
-                "no focal length could be estimated from the homographies; guessing %.0f px", focal_n * scale
-            )
-        R = camera.chain_rotations(reference, tree, centred, focal_n)
-        if cfg.refine and len(main) > 1:
-            model = refine.RotationModel(main, reference)
-            p, rep = refine.refine(
-                model, model.pack(R, focal_n), pair_points, scale, huber_px=matcher.geometry_config.threshold
-            )
-            if np.isfinite(model.focal(p)) and model.focal(p) > 0:
-                R = {v: model.rotation(v, p) for v in main}
-                focal_n = model.focal(p)
-                refine_rms = (rep.rms_before, rep.rms_after)
-            else:
-                logger.warning("the refinement diverged (focal %.3g); keeping the chained rotations", model.focal(p))
-        if cfg.wave_correct:
-            R = camera.wave_correct(R, reference)
-        rotations = R
-        focal_px = focal_n * scale
-        K = np.diag([focal_n, focal_n, 1.0])
-        K_inv = np.diag([1.0 / focal_n, 1.0 / focal_n, 1.0])
-        to_ref = {v: _unit(np.linalg.inv(N[reference]) @ K @ R[reference] @ R[v].T @ K_inv @ N[v]) for v in main}
+    geo = _geometry(
+        matcher,
+        feats,
+        verified,
+        edges,
+        pair_points,
+        centred,
+        tree,
+        reference,
+        main,
+        shapes,
+        scale,
+        focal_n,
+        cfg,
+        progress,
+    )
+    projection, cams, to_ref, refine_rms = geo
     timings["refine"] = _ms(t0)
 
     t0 = time.perf_counter()
     placed = tuple(main)
     colors = {v: loaded[v].color for v in main}
     homographies: dict[int, np.ndarray] = {}
+    main_shapes = {v: shapes[v] for v in main}
+    closed = False
     if projection == "planar":
-        homographies, canvas = warp.planar_layout(to_ref, {v: shapes[v] for v in main}, cfg.max_megapixels)
+        _, base = warp.planar_layout(to_ref, main_shapes, None)
+        homographies, canvas = warp.planar_layout(to_ref, main_shapes, cfg.max_megapixels, _output_scale(cfg, base))
         footprints = {v: project(homographies[v], warp.planar_footprint(homographies[v], shapes[v])) for v in main}
         warped = [
             warp.warp_planar(v, colors[v], homographies[v], canvas)
             for v in _progress(placed, len(placed), "warping", progress)
         ]
     else:
-        surface = warp.surface_layout(projection, rotations, focal_px, {v: shapes[v] for v in main}, cfg.max_megapixels)
-        canvas = surface.size
-        footprints = {v: warp.surface_footprint(rotations[v], focal_px, shapes[v], surface) for v in main}
+        cut = warp.loop_cut(projection, cams, main_shapes)
+        focal_out = float(np.median([c.focal for c in cams.values()]))
+        base = warp.surface_layout(projection, cams, main_shapes, focal_out, None, cut).size
+        focal_out *= _output_scale(cfg, base)
+        surface = warp.surface_layout(projection, cams, main_shapes, focal_out, cfg.max_megapixels, cut)
+        canvas, closed = surface.size, surface.closed
+        footprints = {v: warp.surface_footprint(cams[v], shapes[v], surface) for v in main}
         warped = [
-            warp.warp_surface(v, colors[v], rotations[v], focal_px, surface)
+            p
             for v in _progress(placed, len(placed), "warping", progress)
+            for p in warp.warp_surface(v, colors[v], cams[v], surface)
         ]
     timings["warp"] = _ms(t0)
 
     t0 = time.perf_counter()
     gains = blending.exposure_gains(warped) if cfg.exposure and len(warped) > 1 else None
     pano, valid, owner = blending.blend(warped, canvas, cfg.blend, gains)
-    crop = (0, 0, canvas[0], canvas[1])
+    owner = np.append(np.array([placed.index(w.index) for w in warped], np.int16), -1)[owner]  # pieces -> placed
+    box = (0, 0, canvas[0], canvas[1])
     if cfg.crop:
-        crop = blending.largest_rectangle(valid)
-        x, y, w, h = crop
+        box = cropping.crop_box(valid, closed)
+        x, y, w, h = box
         pano, valid, owner = pano[y : y + h, x : x + w], valid[y : y + h, x : x + w], owner[y : y + h, x : x + w]
         T = np.array([[1.0, 0.0, -x], [0.0, 1.0, -y], [0.0, 0.0, 1.0]])
         homographies = {v: T @ H for v, H in homographies.items()}
@@ -377,12 +365,14 @@ def stitch(
         projection=projection,
         homographies=homographies,
         to_reference=to_ref,
-        rotations=rotations,
-        focal=focal_px,
+        rotations={v: c.R for v, c in cams.items()},
+        focal=_reference_focal(cams, reference, focal_n, scale),
+        cameras=cams,
+        closed=closed,
         edges=tuple(edges[k] for k in sorted(edges)),
         footprints=footprints,
         seams=np.ascontiguousarray(owner),
-        crop=crop,
+        crop=box,
         refine_rms=refine_rms,
         timings_ms=timings,
     )
@@ -466,41 +456,105 @@ def _unit(H: np.ndarray) -> np.ndarray:
     return H / H[2, 2]
 
 
-#: ``auto`` leaves the plane when a camera looks further than this from the reference (degrees).
-AUTO_MAX_PLANAR_ANGLE = 50.0
-#: ... or when the planar canvas is this many times larger than the images together.
-AUTO_MAX_PLANAR_STRETCH = 4.0
+def _pair_points(pm: graph.PairMatch, shapes: dict, scale: float, most: int) -> refine.PairPoints:
+    """A verified pair's inliers (evenly subsampled to ``most``) in normalized coordinates."""
+    sel = _subsample(len(pm.pts_i), most)
+    a = (pm.pts_i[sel] - [(shapes[pm.i][1] - 1) / 2.0, (shapes[pm.i][0] - 1) / 2.0]) / scale
+    b = (pm.pts_j[sel] - [(shapes[pm.j][1] - 1) / 2.0, (shapes[pm.j][0] - 1) / 2.0]) / scale
+    return refine.PairPoints(pm.i, pm.j, a, b)
 
 
-def _choose_projection(
-    H_ref: dict[int, np.ndarray],
-    shapes: dict[int, tuple[int, int]],
-    nodes: list[int],
-    reference: int,
-    tree: list[tuple[int, int]],
-    centred: dict[tuple[int, int], np.ndarray],
-    focal_n: float | None,
-) -> str:
-    """``planar`` unless the images look too far apart (or the plane would be absurd) and a focal is known."""
-    if focal_n is None:
-        return "planar"
-    R = camera.chain_rotations(reference, tree, centred, focal_n)
-    angle = max(np.degrees(np.arccos(np.clip(R[v][2, 2], -1.0, 1.0))) for v in nodes)
-    if angle > AUTO_MAX_PLANAR_ANGLE:
-        logger.info("auto projection: cameras up to %.0f degrees apart -> cylindrical", angle)
-        return "cylindrical"
-    if warp.planar_placement({v: H_ref[v] for v in nodes}, shapes) is not None:
-        return "cylindrical"
-    from ..geometry import corners
+def _geometry(
+    matcher, feats, verified, edges, pair_points, centred, tree, reference, main, shapes, scale, focal_n, cfg, progress
+):
+    """The projection (``auto`` resolved by evidence), cameras, homographies to the reference and the RMS.
 
-    pts = []
-    for v in nodes:
-        w = np.c_[corners(shapes[v]), np.ones(4)] @ H_ref[v].T
-        pts.append(w[:, :2] / w[:, 2:3])
-    allp = np.concatenate(pts)
-    area = float(np.prod(allp.max(axis=0) - allp.min(axis=0)))
-    total = float(sum(shapes[v][0] * shapes[v][1] for v in nodes))
-    if area > AUTO_MAX_PLANAR_STRETCH * total:
-        logger.info("auto projection: the plane would be %.1f x the images' area -> cylindrical", area / total)
-        return "cylindrical"
-    return "planar"
+    The rotation model is tried first unless planar is asked for (or no focal length can be
+    estimated); ``auto`` keeps it when it explains the inliers about as well as the pairs' free
+    homographies do (:func:`.adjust.rotation_explains`), else falls back to the plane. For the
+    rotation model, pairs that the cameras predict to overlap but were never matched (the
+    wrap-around pairs of a 360 degree loop, beyond the FAISS shortlist) are matched and the
+    adjustment is run again over all pairs, lens terms included; then the horizon is levelled.
+
+    Returns:
+        ``(projection, cameras, to_ref, (rms_before, rms_after) or None)``.
+    """
+    huber = matcher.geometry_config.threshold
+    projection = cfg.projection
+    iters = None if cfg.refine else 0
+    if projection != "planar" and (focal_n is not None or projection != "auto"):
+        if focal_n is None:
+            focal_n = float(np.mean([(shapes[v][0] + shapes[v][1]) / 2.0 for v in main])) / scale
+            logger.warning(
+                "no focal length could be estimated from the homographies; guessing %.0f px", focal_n * scale
+            )
+        R0 = camera.chain_rotations(reference, tree, centred, focal_n)
+        lens = cfg.lens and cfg.refine
+        first = adjust.adjust_cameras(
+            main, reference, R0, focal_n, pair_points, shapes, scale, huber, lens=lens, iterations=iters
+        )
+        if projection == "auto":
+            rms_free = adjust.homography_rms(pair_points, [centred[(pp.i, pp.j)] for pp in pair_points], scale)
+            side = float(np.median([max(shapes[v]) for v in main]))
+            f_ref = first.cameras[reference].focal
+            ok = adjust.rotation_explains(first.rms_after, rms_free, f_ref, side)
+            logger.info(
+                "auto projection: rotation model %.2f px, free homographies %.2f px, focal %.1f sides -> %s",
+                first.rms_after,
+                rms_free,
+                f_ref / side,
+                "rotation" if ok else "planar",
+            )
+            projection = adjust.surface_kind(first.cameras, shapes) if ok else "planar"
+        if projection != "planar":
+            adj = first
+            more = _match_predicted(matcher, feats, verified, edges, first.cameras, shapes, scale, cfg, progress)
+            if more:
+                pair_points.extend(more)
+                adj = adjust.adjust_cameras(
+                    main, reference, R0, focal_n, pair_points, shapes, scale, huber, lens, first.cameras, iters
+                )
+            cams = adj.cameras
+            if cfg.wave_correct:
+                R = camera.wave_correct({v: c.R for v, c in cams.items()}, reference)
+                cams = {v: replace(c, R=R[v]) for v, c in cams.items()}
+            to_ref = {v: cams[v].homography_to(cams[reference]) for v in main}
+            return projection, cams, to_ref, (adj.rms_before, adj.rms_after) if cfg.refine else None
+    N = {v: _normalizer(shapes[v], scale) for v in main}
+    pair_H = {(pp.i, pp.j): np.linalg.inv(N[pp.j]) @ centred[(pp.i, pp.j)] @ N[pp.i] for pp in pair_points}
+    H_ref = graph.chain_to_reference(reference, tree, pair_H)
+    M = {v: N[reference] @ H_ref[v] @ np.linalg.inv(N[v]) for v in main}
+    refine_rms = None
+    if cfg.refine and len(main) > 1:
+        model = refine.PlanarModel(main, reference)
+        p, rep = refine.refine(model, model.pack(M), pair_points, scale, huber_px=huber)
+        M = {v: model.matrix(v, p) for v in main}
+        refine_rms = (rep.rms_before, rep.rms_after)
+    return "planar", {}, {v: _unit(np.linalg.inv(N[reference]) @ M[v] @ N[v]) for v in main}, refine_rms
+
+
+def _match_predicted(matcher, feats, verified, edges, cams, shapes, scale, cfg, progress) -> list[refine.PairPoints]:
+    """Match the pairs the cameras say overlap that were never tried; add the verified ones in place."""
+    todo = adjust.predicted_pairs(cams, shapes, set(edges))
+    if not todo:
+        return []
+    logger.info("matching %d pairs that the cameras predict to overlap (loop closure)", len(todo))
+    found, tried = _verify_pairs(matcher, feats, todo, shapes, cfg, progress)
+    verified.update(found)
+    edges.update(tried)
+    return [_pair_points(pm, shapes, scale, cfg.max_points_per_pair) for pm in found.values()]
+
+
+def _output_scale(cfg: StitchConfig, base: tuple[int, int]) -> float:
+    """The output resolution relative to the natural canvas ``base`` (``(W, H)``)."""
+    if cfg.scale is not None:
+        return cfg.scale
+    if cfg.output_megapixels is not None:
+        return float(np.sqrt(cfg.output_megapixels * 1e6 / (base[0] * base[1])))
+    return 1.0
+
+
+def _reference_focal(cams: dict, reference: int, focal_n: float | None, scale: float) -> float | None:
+    if cams:
+        return float(cams[reference].focal)
+    return None if focal_n is None else focal_n * scale

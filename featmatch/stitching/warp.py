@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..geometry import corners
+from .camera import Camera
 from .config import StitchError
 from .graph import image_outline
 
@@ -44,14 +45,38 @@ class Warped:
         return (self.corner[0], self.corner[1], self.image.shape[1], self.image.shape[0])
 
 
-def check_canvas(width: int, height: int, max_megapixels: float) -> None:
-    """Raise :class:`StitchError` when the canvas would exceed ``max_megapixels``."""
+#: A canvas larger than this many times the input images' total area (at the output scale)
+#: can only come from a wrong model (a runaway homography, a focal length far too short).
+BAD_MODEL_FACTOR = 6.0
+#: OpenCV's warps and remaps address at most this many pixels a side.
+MAX_SIDE = 32000
+
+
+def check_canvas(width: int, height: int, max_megapixels: float | None, input_megapixels: float | None = None) -> None:
+    """Raise :class:`StitchError` when the canvas is larger than a right model can make, or than asked.
+
+    Args:
+        width, height: the canvas.
+        max_megapixels: the user's cap (None: none).
+        input_megapixels: the input images' total area at the output scale; a canvas more than
+            :data:`BAD_MODEL_FACTOR` times larger means a wrong model.
+    """
     mp = width * height / 1e6
-    if mp > max_megapixels or width > 32000 or height > 32000:
+    if input_megapixels is not None and mp > BAD_MODEL_FACTOR * input_megapixels:
         raise StitchError(
-            f"the panorama canvas would be {width}x{height} pixels ({mp:.1f} MP), beyond the cap of "
-            f"{max_megapixels:g} MP (and 32000 px a side): a homography is probably wrong, or the set is too "
-            "wide for this projection (try --projection cylindrical, or raise --max-megapixels)"
+            f"the panorama canvas would be {width}x{height} pixels ({mp:.1f} MP), {mp / input_megapixels:.0f} times "
+            f"the {input_megapixels:.1f} MP of the images: the model is wrong (a runaway homography or a far too "
+            "short focal length); try --projection cylindrical, or --focal"
+        )
+    if max_megapixels is not None and mp > max_megapixels:
+        raise StitchError(
+            f"the panorama canvas would be {width}x{height} pixels ({mp:.1f} MP), beyond --max-megapixels "
+            f"{max_megapixels:g}; lower --output-megapixels or raise the cap"
+        )
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise StitchError(
+            f"the panorama canvas would be {width}x{height} pixels, beyond {MAX_SIDE} px a side: "
+            "choose a smaller --output-megapixels"
         )
 
 
@@ -99,9 +124,12 @@ def planar_footprint(H: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def planar_layout(
-    homographies: dict[int, np.ndarray], shapes: dict[int, tuple[int, int]], max_megapixels: float
+    homographies: dict[int, np.ndarray],
+    shapes: dict[int, tuple[int, int]],
+    max_megapixels: float | None,
+    scale: float = 1.0,
 ) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
-    """Homographies onto the canvas (reference frame shifted to positive coordinates) and its ``(W, H)``.
+    """Homographies onto the canvas (reference frame scaled, shifted to positive coordinates) and its ``(W, H)``.
 
     An image whose far side runs towards the reference's horizon is cut where its
     magnification exceeds :data:`PLANAR_CLIP_RATIO` ``^-2`` times its centre's.
@@ -109,6 +137,8 @@ def planar_layout(
     Raises:
         StitchError: an image's centre is beyond the horizon, or the canvas is beyond the cap.
     """
+    S = np.diag([scale, scale, 1.0])
+    homographies = {v: S @ H for v, H in homographies.items()}
     pts = []
     for v, H in homographies.items():
         poly = planar_footprint(H, shapes[v])
@@ -125,7 +155,7 @@ def planar_layout(
     x0, y0 = np.floor(allp.min(axis=0))
     x1, y1 = np.ceil(allp.max(axis=0))
     width, height = int(x1 - x0) + 1, int(y1 - y0) + 1
-    check_canvas(width, height, max_megapixels)
+    check_canvas(width, height, max_megapixels, scale**2 * sum(h * w for h, w in shapes.values()) / 1e6)
     T = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
     return {v: T @ H for v, H in homographies.items()}, (width, height)
 
@@ -160,15 +190,17 @@ class Surface:
 
     Attributes:
         kind: ``cylindrical`` or ``spherical``.
-        scale: canvas pixels per radian (the focal length in pixels keeps the resolution).
+        scale: canvas pixels per radian (the focal length in pixels keeps the input resolution).
         origin: ``(u0, v0)`` surface coordinates (scaled) of the canvas's top-left pixel.
         size: ``(W, H)`` of the canvas.
+        closed: the canvas spans exactly 360 degrees and its left and right edges continue each other.
     """
 
     kind: str
     scale: float
     origin: tuple[float, float]
     size: tuple[int, int]
+    closed: bool = False
 
 
 def _rays_to_surface(kind: str, rays: np.ndarray, theta_centre: float) -> np.ndarray:
@@ -180,70 +212,130 @@ def _rays_to_surface(kind: str, rays: np.ndarray, theta_centre: float) -> np.nda
     return np.stack([theta, second], axis=1)
 
 
-def _world_rays(R: np.ndarray, focal: float, centre: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    cam = np.c_[(pts - centre) / focal, np.ones(len(pts))]
-    return cam @ R  # R^T applied to each row: camera ray -> world ray
+def _centre_azimuth(cam: Camera) -> float:
+    ray = cam.rays(np.array([[cam.ppx, cam.ppy]]))
+    return float(np.arctan2(ray[0, 0], ray[0, 2]))
 
 
-def _surface_extent(kind: str, R: np.ndarray, focal: float, shape: tuple[int, int]) -> np.ndarray:
-    centre = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
-    c_ray = _world_rays(R, focal, centre, centre[None])
-    theta_c = float(np.arctan2(c_ray[0, 0], c_ray[0, 2]))
-    rays = _world_rays(R, focal, centre, image_outline(shape, 64))
-    return _rays_to_surface(kind, rays, theta_c)
+def _surface_extent(kind: str, cam: Camera, shape: tuple[int, int]) -> np.ndarray:
+    """``(K, 2)`` surface coordinates (radians) of an image's border, azimuths unwrapped around its centre's."""
+    return _rays_to_surface(kind, cam.rays(image_outline(shape, 64)), _centre_azimuth(cam))
+
+
+#: Azimuth bins (per full turn) of the coverage test for a closed loop.
+_LOOP_BINS = 3600
+
+
+def loop_cut(kind: str, cameras: dict[int, Camera], shapes: dict[int, tuple[int, int]]) -> float | None:
+    """Where to cut a panorama that goes all the way round (an azimuth, radians), or None when it does not.
+
+    The images go round when their azimuth ranges cover the whole circle. The cut goes through
+    the centre of the image that looks most opposite to the reference (azimuth 0), so that one
+    image owns both edges of the panorama and they continue each other.
+    """
+    covered = np.zeros(_LOOP_BINS, bool)
+    for v, cam in cameras.items():
+        theta = _surface_extent(kind, cam, shapes[v])[:, 0]
+        a, b = np.floor(theta.min() / (2 * np.pi) * _LOOP_BINS), np.ceil(theta.max() / (2 * np.pi) * _LOOP_BINS)
+        if b - a >= _LOOP_BINS:
+            return None  # one image sees all round: no rotating-camera panorama
+        covered[np.arange(int(a), int(b) + 1) % _LOOP_BINS] = True
+    if not covered.all():
+        return None
+    centres = {v: _centre_azimuth(cam) for v, cam in cameras.items()}
+    far = max(centres, key=lambda v: (abs(centres[v]), -v))
+    return centres[far]
 
 
 def surface_layout(
     kind: str,
-    rotations: dict[int, np.ndarray],
-    focal: float,
+    cameras: dict[int, Camera],
     shapes: dict[int, tuple[int, int]],
-    max_megapixels: float,
+    scale: float,
+    max_megapixels: float | None,
+    cut: float | None = None,
 ) -> Surface:
-    """The canvas that holds every image on the cylinder or sphere (checked against the cap).
+    """The canvas that holds every image on the cylinder or sphere (checked against the size rule).
 
     Args:
         kind: ``cylindrical`` or ``spherical``.
-        rotations: ``R_i`` world -> camera ``i``.
-        focal: focal length in pixels (principal points at the image centres).
+        cameras: per image.
         shapes: ``(H, W)`` per image.
-        max_megapixels: the cap.
+        scale: canvas pixels per radian.
+        max_megapixels: the user's cap (None: only the bad-model rule).
+        cut: for a closed 360 degree loop the azimuth of its left and right edges (see
+            :func:`loop_cut`); the canvas is then exactly ``2 pi scale`` wide.
     """
-    ext = np.concatenate([_surface_extent(kind, rotations[v], focal, shapes[v]) for v in rotations]) * focal
+    ext = np.concatenate([_surface_extent(kind, cam, shapes[v]) for v, cam in cameras.items()]) * scale
     u0, v0 = np.floor(ext.min(axis=0))
     u1, v1 = np.ceil(ext.max(axis=0))
     if not np.all(np.isfinite([u0, v0, u1, v1])):
         raise StitchError("an image looks straight up or down: the surface projection is undefined for it")
     width, height = int(u1 - u0) + 1, int(v1 - v0) + 1
-    check_canvas(width, height, max_megapixels)
-    return Surface(kind, float(focal), (float(u0), float(v0)), (width, height))
+    if cut is not None:
+        u0, width = cut * scale, int(round(2 * np.pi * scale))
+    scaled = scale**2 * sum(shapes[v][0] * shapes[v][1] / cam.focal**2 for v, cam in cameras.items())
+    check_canvas(width, height, max_megapixels, scaled / 1e6)
+    return Surface(kind, float(scale), (float(u0), float(v0)), (width, height), cut is not None)
 
 
-def surface_footprint(R: np.ndarray, focal: float, shape: tuple[int, int], surface: Surface) -> np.ndarray:
-    """``(K, 2)`` canvas coordinates of an image's border on the surface."""
-    return _surface_extent(surface.kind, R, focal, shape) * surface.scale - np.array(surface.origin)
+def surface_footprint(cam: Camera, shape: tuple[int, int], surface: Surface) -> np.ndarray:
+    """``(K, 2)`` canvas coordinates of an image's border on the surface (beyond the edges on a closed loop)."""
+    fp = _surface_extent(surface.kind, cam, shape) * surface.scale - np.array(surface.origin)
+    if surface.closed:
+        centre = (_centre_azimuth(cam) * surface.scale - surface.origin[0]) % surface.size[0]
+        fp[:, 0] += centre - (_centre_azimuth(cam) * surface.scale - surface.origin[0])
+    return fp
 
 
-def warp_surface(index: int, color: np.ndarray, R: np.ndarray, focal: float, surface: Surface) -> Warped:
-    """Resample one image onto the cylinder/sphere region it covers."""
+def warp_surface(index: int, color: np.ndarray, cam: Camera, surface: Surface) -> list[Warped]:
+    """Resample one image onto the cylinder/sphere region it covers.
+
+    Returns one piece, or two on a closed loop when the image straddles the canvas's edges.
+    """
     shape = color.shape[:2]
-    ext = _surface_extent(surface.kind, R, focal, shape) * surface.scale - np.array(surface.origin)
-    x, y, rw, rh = _roi_of(ext, *surface.size)
+    fp = surface_footprint(cam, shape, surface)
+    W = surface.size[0]
+    x0, x1 = int(np.floor(fp[:, 0].min())), int(np.ceil(fp[:, 0].max()))
+    spans = [(x0, x1)]
+    if surface.closed:
+        spans = [(a, b) for a, b in ((x0, x1), (x0 - W, x1 - W), (x0 + W, x1 + W)) if b >= 0 and a <= W - 1]
+    pieces = []
+    for a, b in spans:
+        pts = np.array([[a, fp[:, 1].min()], [b, fp[:, 1].max()]])
+        x, y, rw, rh = _roi_of(pts, *surface.size)
+        if rw <= 0 or rh <= 0:
+            continue
+        piece = _warp_region(index, color, cam, surface, (x, y, rw, rh))
+        if piece.mask.any():
+            pieces.append(piece)
+    return pieces
+
+
+#: Canvas pixels whose rays are computed at once (float64 work arrays): memory follows this, not the image.
+WARP_CHUNK_PIXELS = 1 << 20
+
+
+def _warp_region(index: int, color: np.ndarray, cam: Camera, surface: Surface, roi: tuple) -> Warped:
+    x, y, rw, rh = roi
+    shape = color.shape[:2]
     u = (np.arange(x, x + rw, dtype=np.float64) + surface.origin[0]) / surface.scale
-    v = (np.arange(y, y + rh, dtype=np.float64) + surface.origin[1]) / surface.scale
-    theta, second = np.meshgrid(u, v)
-    if surface.kind == "cylindrical":
-        rays = np.stack([np.sin(theta), second, np.cos(theta)], axis=-1)
-    else:
-        rays = np.stack([np.sin(theta) * np.cos(second), np.sin(second), np.cos(theta) * np.cos(second)], axis=-1)
-    cam = rays @ R.T
-    z = cam[..., 2]
-    front = z > 1e-6
-    zs = np.where(front, z, 1.0)
-    cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
-    mx = (focal * cam[..., 0] / zs + cx).astype(np.float32)
-    my = (focal * cam[..., 1] / zs + cy).astype(np.float32)
-    valid = front & (mx >= -0.5) & (mx <= shape[1] - 0.5) & (my >= -0.5) & (my <= shape[0] - 0.5)
+    mx = np.empty((rh, rw), np.float32)
+    my = np.empty((rh, rw), np.float32)
+    valid = np.empty((rh, rw), bool)
+    step = max(1, WARP_CHUNK_PIXELS // max(rw, 1))
+    for r0 in range(0, rh, step):
+        v = (np.arange(y + r0, y + min(r0 + step, rh), dtype=np.float64) + surface.origin[1]) / surface.scale
+        theta, second = np.meshgrid(u, v)
+        if surface.kind == "cylindrical":
+            rays = np.stack([np.sin(theta), second, np.cos(theta)], axis=-1)
+        else:
+            rays = np.stack([np.sin(theta) * np.cos(second), np.sin(second), np.cos(theta) * np.cos(second)], axis=-1)
+        pix, front = cam.pixels(rays)
+        rows = slice(r0, r0 + len(v))
+        mx[rows], my[rows] = pix[..., 0], pix[..., 1]
+        valid[rows] = front & (pix[..., 0] >= -0.5) & (pix[..., 0] <= shape[1] - 0.5)
+        valid[rows] &= (pix[..., 1] >= -0.5) & (pix[..., 1] <= shape[0] - 0.5)
     mx[~valid], my[~valid] = -10.0, -10.0
     img = cv2.remap(color, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return Warped(index, img, valid.astype(np.uint8) * 255, (x, y))
