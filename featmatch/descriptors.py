@@ -241,7 +241,6 @@ DESCRIPTORS: dict[str, Callable[..., Callable[[Keypoints], np.ndarray]]] = {
     "rootsift": lambda **_: SiftDescriptor(root=True),
     "hardnet": lambda **kw: CNNDescriptor("hardnet", **kw),
     "exptloss": lambda **kw: CNNDescriptor("exptloss", **kw),
-    "hardnet-lite": lambda **kw: CNNDescriptor("hardnet-lite", **kw),
 }
 
 
