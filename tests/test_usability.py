@@ -1,0 +1,131 @@
+"""What a newcomer meets in the first hour: folder order, scripts, help, messages, progress.
+
+Each test here started as a friction found by using featmatch from a fresh clone as a new
+user would; it runs on the data bundled in the repository (``examples/``, ``featmatch/evaldata``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+from click.testing import CliRunner
+
+import featmatch
+from featmatch.batching import batch
+from featmatch.cli import cli
+from featmatch.folders import folder_images, natural_sorted
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+RIVER = EXAMPLES / "river"
+ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _numbered_folder(folder: Path, n: int) -> Path:
+    """``1.jpg`` ... ``n.jpg``: small crops of one photo (the names matter, not the pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = cv2.imread(str(EXAMPLES / "roofs1.jpg"))
+    for i in range(1, n + 1):
+        cv2.imwrite(str(folder / f"{i}.jpg"), photo[10 * i : 10 * i + 120, 10 * i : 10 * i + 160])
+    return folder
+
+
+# -- one order for folders --------------------------------------------------------------------
+
+
+def test_natural_order_of_names_and_folders(tmp_path):
+    assert natural_sorted(["10.jpg", "2.jpg", "1.jpg", "B3.png", "b12.png", "a/10.jpg", "a/9.jpg"]) == [
+        "1.jpg", "2.jpg", "10.jpg", "a/9.jpg", "a/10.jpg", "B3.png", "b12.png",
+    ]  # fmt: skip
+    folder = _numbered_folder(tmp_path / "set", 11)
+    assert [p.name for p in folder_images(folder)] == [f"{i}.jpg" for i in range(1, 12)]
+    (folder / "image_list.txt").write_text("3.jpg 700.5\n# a comment\n1.jpg\n")
+    assert [p.name for p in folder_images(folder)] == ["3.jpg", "1.jpg"]
+
+
+def test_batch_sequential_pairs_follow_natural_order(tmp_path):
+    folder = _numbered_folder(tmp_path / "library", 11)
+    run = batch(folder, "sequential:2", None, workers=1, max_keypoints=50)
+    pairs = [r.pair for r in run]
+    assert ("1.jpg", "2.jpg") in pairs and ("9.jpg", "10.jpg") in pairs and ("10.jpg", "11.jpg") in pairs
+    assert ("1.jpg", "10.jpg") not in pairs
+    assert len(pairs) == 19
+
+
+def test_stitch_leaves_its_own_output_out_of_the_inputs(tmp_path):
+    folder = tmp_path / "riv"
+    folder.mkdir()
+    for p in RIVER.glob("*.jpg"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = folder / "pano.jpg"
+    for _ in range(2):  # the second run must not stitch the first run's panorama
+        r = invoke("stitch", folder, "-o", out, "-d", "sift", "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "of 2/2 images" in r.output, r.output
+    assert f"wrote {out}" in r.output
+
+
+def test_an_empty_folder_says_no_images_found(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = invoke("stitch", tmp_path / "empty", "-o", tmp_path / "p.jpg")
+    assert r.exit_code == 2
+    assert f"no images found in {tmp_path / 'empty'}" in r.output
+
+
+def test_a_text_file_that_names_no_image_is_exit_2(tmp_path):
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("hello\n")
+    r = invoke("batch", fake, "-o", tmp_path / "b.jsonl")
+    assert r.exit_code == 2, r.output
+    assert "a text file named like an image" in r.output and "'hello'" in r.output
+
+
+# -- the Python API from a plain script ---------------------------------------------------------
+
+
+def test_batch_runs_from_a_plain_script_without_a_main_guard(tmp_path):
+    """Two worker processes, started from a script that calls batch() at its top level: the
+    script runs once (its side effect is written once), and every pair gets its line."""
+    script = tmp_path / "plain.py"
+    images = [
+        str(EXAMPLES / "roofs1.jpg"),
+        str(EXAMPLES / "roofs2.jpg"),
+        *(str(p) for p in sorted(RIVER.glob("*.jpg"))),
+    ]
+    script.write_text(
+        "import featmatch\n"
+        "with open('side_effect.txt', 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        f"run = featmatch.batch({images!r}, pairs='exhaustive', output='out.jsonl', workers=2, max_keypoints=300)\n"
+        "print(run.run())\n"
+    )
+    p = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "side_effect.txt").read_text() == "ran\n"
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 6
+
+
+# -- a discoverable API -------------------------------------------------------------------------
+
+
+def test_dir_and_help_show_the_public_api():
+    names = dir(featmatch)
+    for name in ("estimate_homography", "Matcher", "describe", "stitch", "batch", "to_cv_keypoints", "to_kornia_lafs"):
+        assert name in names and name in featmatch.__all__
+        assert name in featmatch.__doc__
+    import pydoc
+
+    text = pydoc.render_doc(featmatch, renderer=pydoc.plaintext)
+    functions = text[text.index("FUNCTIONS") :]
+    for name in ("estimate_homography", "describe", "stitch", "batch", "from_cv_keypoints"):
+        assert f"\n    {name}(" in functions
