@@ -129,3 +129,42 @@ def test_dir_and_help_show_the_public_api():
     functions = text[text.index("FUNCTIONS") :]
     for name in ("estimate_homography", "describe", "stitch", "batch", "from_cv_keypoints"):
         assert f"\n    {name}(" in functions
+
+
+# -- the base install (no PyTorch) --------------------------------------------------------------
+
+#: A Python where torch and kornia cannot be imported, as on the base install.
+NO_TORCH = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('torch', 'kornia'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def test_bench_engines_runs_without_torch():
+    code = NO_TORCH + "from featmatch.cli import main\nmain()\n"
+    p = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--only", "engines", "--quick"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| onnx int8" in p.stdout and "| onnx fp32" in p.stdout
+    assert "torch engines and the kornia baseline are skipped" in p.stdout
+    assert "torch fp32" not in p.stdout
+
+
+def test_to_kornia_lafs_without_torch_says_needs_pytorch():
+    code = NO_TORCH + (
+        "import featmatch\n"
+        "f = featmatch.describe('examples/roofs1.jpg', descriptor='sift', max_keypoints=10)\n"
+        "try:\n"
+        "    featmatch.to_kornia_lafs(f.keypoints)\n"
+        "except featmatch.FeatmatchError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("ConfigError featmatch.to_kornia_lafs needs PyTorch: pip install torch==")
