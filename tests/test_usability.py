@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 from click.testing import CliRunner
 
 import featmatch
@@ -168,3 +169,55 @@ def test_to_kornia_lafs_without_torch_says_needs_pytorch():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.startswith("ConfigError featmatch.to_kornia_lafs needs PyTorch: pip install torch==")
+
+
+# -- benchmarks and examples from a clone without ../shared -----------------------------------
+
+
+def _script(monkeypatch, path: Path, name: str, argv: list[str], **patches):
+    from .conftest import load_script
+
+    module = load_script(REPO / path, name)
+    for attr, value in patches.items():
+        monkeypatch.setattr(module, attr, value)
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    return module
+
+
+def test_stitch_panorama_list_without_shared_data(tmp_path, monkeypatch, capsys):
+    module = _script(monkeypatch, Path("examples/stitch_panorama.py"), "stitch_panorama_nodata", ["--list"],
+                     DATA=tmp_path / "missing")  # fmt: skip
+    assert module.main() == 0
+    out = capsys.readouterr().out
+    assert "missing" in out and "examples/river" in out and "budapest" not in out
+
+
+def test_stitch_vs_opencv_runs_the_bundled_sets_without_shared_data(tmp_path, monkeypatch, capsys):
+    module = _script(monkeypatch, Path("benchmarks/stitch_vs_opencv.py"), "stitch_vs_opencv_nodata",
+                     ["--descriptor", "sift", "--max-keypoints", "500"], DATA=tmp_path / "missing")  # fmt: skip
+    module.main()
+    out = capsys.readouterr().out
+    assert "running the bundled sets only" in out
+    assert "| examples-river | 2 (want 2) | ✔ 2/2" in out and "| examples-roofs |" in out
+    with pytest.raises(SystemExit, match="--ground-truth needs"):
+        _script(monkeypatch, Path("benchmarks/stitch_vs_opencv.py"), "stitch_vs_opencv_nodata2", ["--ground-truth"],
+                DATA=tmp_path / "missing").main()  # fmt: skip
+
+
+def test_memory_50mp_uses_the_bundled_pair_without_shared_data(tmp_path, monkeypatch, capsys):
+    module = _script(monkeypatch, Path("benchmarks/memory_50mp.py"), "memory_50mp_nodata", ["--descriptors", "sift"],
+                     PAIR=[tmp_path / "missing1.jpg", tmp_path / "missing2.jpg"], SIZE=(800, 600))  # fmt: skip
+    assert module.main() == 0
+    out = capsys.readouterr().out
+    assert "upscaling the bundled river pair" in out
+    assert "| sift | 800x600 (0.5 MP) x2 | 0 |" in out
+
+
+def test_batch_throughput_uses_the_bundled_photos_without_shared_data(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "batch_throughput.py"), "--data", str(tmp_path / "missing"),
+         "--photos", "3", "--crops", "2", "--workers", "1", "--no-ray", "--max-keypoints", "200"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "using the 3 bundled test photos" in p.stdout and "| local --workers 1 |" in p.stdout
