@@ -6,6 +6,7 @@ user would; it runs on the data bundled in the repository (``examples/``, ``feat
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -221,3 +222,101 @@ def test_batch_throughput_uses_the_bundled_photos_without_shared_data(tmp_path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert "using the 3 bundled test photos" in p.stdout and "| local --workers 1 |" in p.stdout
+
+
+# -- messages that agree and help ---------------------------------------------------------------
+
+NO_OVERLAP = [str(EXAMPLES / "roofs1.jpg"), str(RIVER / "river1.jpg")]
+
+
+def test_one_inlier_count_and_a_max_tilt_hint_on_exit_3(tmp_path):
+    import re
+
+    r = invoke("match", *NO_OVERLAP, "-d", "sift", "-n", "1500")
+    assert r.exit_code == 3, r.output
+    shown = int(re.search(r"inliers (\d+)\n", r.output).group(1))
+    said = re.search(r"only (\d+) (?:inliers among|of)", r.output)
+    assert said and int(said.group(1)) == shown > 0, r.output
+    assert "hint: for images seen from very different angles, try --max-tilt 4" in r.output
+    j = invoke("match", *NO_OVERLAP, "-d", "sift", "-n", "1500", "--json")
+    assert json.loads(j.stdout.splitlines()[0])["inliers"] == shown
+    out = tmp_path / "b.jsonl"
+    run = batch(NO_OVERLAP, "exhaustive", out, workers=1, max_keypoints=1500)
+    (res,) = list(run)
+    assert res.status == "no_homography" and res.num_inliers == shown
+    assert json.loads(out.read_text().splitlines()[-1])["inliers"] == shown
+
+
+def test_match_says_wrote_for_each_file(tmp_path):
+    plot, warp = tmp_path / "m.png", tmp_path / "w.png"
+    r = invoke("match", EXAMPLES / "roofs1.jpg", EXAMPLES / "roofs2.jpg", "-d", "sift", "-n", "800",
+               "--plot", plot, "--warp", warp)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"wrote {plot}\n" in r.output and f"wrote {warp}\n" in r.output
+
+
+def test_verbosity_options_after_the_subcommand_and_no_library_noise():
+    args = ["match", str(EXAMPLES / "roofs1.jpg"), str(EXAMPLES / "roofs2.jpg"), "-d", "sift", "-n", "500"]
+    p = subprocess.run([sys.executable, "-m", "featmatch.cli", *args, "-v"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "faiss.loader" not in p.stderr and "AVX512" not in p.stderr
+    assert invoke(*args, "-q").exit_code == 0 and invoke(*args, "--verbose").exit_code == 0
+
+
+def test_pairs_file_is_checked_before_any_feature_is_computed(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("river1.jpg nosuch.jpg\n")
+    out = tmp_path / "b.jsonl"
+    r = invoke("batch", RIVER, "--pairs", pairs, "-o", out)
+    assert r.exit_code == 2 and "'nosuch.jpg' is not one of the batch's images" in r.output
+    assert not (tmp_path / "b.features.h5").exists()
+
+
+def test_an_interrupted_feature_phase_knows_how_many_pairs_are_left(tmp_path, monkeypatch):
+    from featmatch.batching import runner
+
+    def interrupted(self, jobs):
+        raise KeyboardInterrupt
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(runner.LocalBackend, "features", interrupted)
+    run = batch(_numbered_folder(tmp_path / "set", 5), "exhaustive", tmp_path / "b.jsonl", workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        list(run)
+    assert run.summary.pairs == 10 and run.summary.computed == 0 and not run.summary.complete
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    """Redirected, no command draws bars; on a terminal (a pty) match --max-tilt shows that it works."""
+    import pty
+
+    args = ["match", str(RIVER / "river1.jpg"), str(RIVER / "river2.jpg"), "-d", "sift", "-n", "300",
+            "--max-tilt", "2"]  # fmt: skip
+    p = subprocess.run([sys.executable, "-m", "featmatch.cli", *args], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0 and "\r" not in p.stderr and "simulated views" not in p.stderr
+    b = subprocess.run([sys.executable, "-m", "featmatch.cli", "batch", str(RIVER), "-o", str(tmp_path / "b.jsonl"),
+                        "-j", "1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert b.returncode == 0 and "\r" not in b.stderr, b.stderr
+    main, child = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a size
+    t = subprocess.run([sys.executable, "-m", "featmatch.cli", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                       stderr=child, timeout=120)  # fmt: skip
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert t.returncode == 0
+    assert b"matching with 9 simulated views per image" in seen

@@ -473,8 +473,11 @@ class RayBackend:
         if self._started:
             return
         ray = self.ray
+        # Ray's start-up notices (e.g. its token-authentication warning) are not featmatch's
+        # business: shown with -v only (ray.init sets its "ray" logger's level).
+        level = logging.WARNING if logger.isEnabledFor(logging.INFO) else logging.ERROR
         if not ray.is_initialized():
-            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=level)
             if self.address is None:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             if self.address is not None:
