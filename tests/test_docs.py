@@ -161,3 +161,19 @@ def _have_torch() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
+
+
+_OUTPUT = re.compile(r"(?:\s(?:-o|--output|--plot|--warp|--out-dir)\s+|>\s*|output=\")([^\s\"']+)")
+
+
+def test_what_the_snippets_write_is_git_ignored():
+    """Files the README's and docs' commands write (``-o``, ``--plot``, ``> file``, ``output=``) are
+    git-ignored, so that following the README leaves a clean ``git status``."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout (an installed copy of the tests)")
+    codes = [_job_part(b.code) if b.marker == "setup" else b.code for b in ALL if b.lang in RUN]
+    written = sorted({m for code in codes for m in _OUTPUT.findall(code)})
+    assert written, "no output path found in the snippets"
+    for path in written:
+        p = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        assert p.returncode == 0, f"{path} (written by a snippet) is not git-ignored"

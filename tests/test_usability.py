@@ -320,3 +320,30 @@ def test_progress_bars_only_on_a_terminal(tmp_path):
     os.close(main)
     assert t.returncode == 0
     assert b"matching with 9 simulated views per image" in seen
+
+
+def test_every_long_command_has_the_same_progress_switch():
+    from featmatch.cli import cli as group
+
+    ctx = click_context = None  # noqa: F841
+    import click
+
+    ctx = click.Context(group)
+    for name in ("match", "stitch", "batch", "eval", "train"):
+        command = group.get_command(ctx, name)
+        (opt,) = [p for p in command.params if p.name == "progress"]
+        assert opt.opts == ["--progress"] and opt.secondary_opts[0] == "--no-progress", name
+        assert opt.default is None, f"{name}: bars only on a terminal unless asked"
+    batch_opt = next(p for p in group.get_command(ctx, "batch").params if p.name == "progress")
+    assert "-q" in batch_opt.secondary_opts
+
+
+def test_ray_start_up_notices_stay_off_stderr(tmp_path):
+    pytest.importorskip("ray")
+    p = subprocess.run(
+        [sys.executable, "-m", "featmatch.cli", "batch", str(RIVER), "-o", str(tmp_path / "r.jsonl"), "--backend", "ray",
+         "-j", "1", "-q"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stderr.strip() == "", p.stderr
