@@ -127,7 +127,7 @@ def degeneracy(H: np.ndarray, shape1: tuple[int, int], max_scale_change: float =
 
 
 #: With simulated oblique views (many more keypoints, repeated across views) random consensus
-#: sets grow: the inlier checks are stricter (measured on the EVD pairs, see the README).
+#: sets grow: the inlier checks are stricter (measured on the EVD pairs, see docs/results.md).
 VIEWS_MIN_INLIER_RATIO = 0.12
 VIEWS_MIN_SUPPORT = 0.10
 

@@ -90,7 +90,7 @@ def batch_command(
 
     The defaults differ from match and stitch (hardnet, --device auto) on purpose: batch
     runs --workers single-threaded processes, one per core, and on a CPU the CNN costs
-    several times SIFT's time per image (README, Speed), so --descriptor sift; and one GPU
+    several times SIFT's time per image (docs/speed.md), so --descriptor sift; and one GPU
     would be shared by every worker, so --device cpu. Pass -d hardnet [--device cuda
     --workers 1] for the learned descriptor.
 
