@@ -323,10 +323,9 @@ def test_progress_bars_only_on_a_terminal(tmp_path):
 
 
 def test_every_long_command_has_the_same_progress_switch():
-    from featmatch.cli import cli as group
-
-    ctx = click_context = None  # noqa: F841
     import click
+
+    from featmatch.cli import cli as group
 
     ctx = click.Context(group)
     for name in ("match", "stitch", "batch", "eval", "train"):
