@@ -144,6 +144,7 @@ def eval_command(
     paths = write_outputs(report, out_dir)
     if as_json:
         click.echo(json.dumps(report.to_json()))
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)  # stdout stays one JSON object
     else:
         click.echo(markdown(report))
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -192,6 +192,7 @@ def stitch_command(
         write_image(plot, draw_layout(result))
         click.echo(f"wrote {plot}", err=as_json)  # on stderr with --json: stdout stays one JSON object
     if as_json:
+        click.echo(f"wrote {output}", err=True)
         click.echo(json.dumps({"output": str(output), "descriptor": descriptor, **result.to_json()}))
     else:
         h, w = result.panorama.shape[:2]
