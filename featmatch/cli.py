@@ -224,7 +224,8 @@ def match_command(
             background=True,  # torch, kornia and the CNN load while the images are detected
         )
         # simulated views take seconds: show that work goes on (only on a terminal, as every bar)
-        with _elapsed_bar(f"matching with {len(view_parameters(max_tilt))} simulated views per image", show_progress(progress) and max_tilt > 1):
+        views = len(view_parameters(max_tilt)) if max_tilt > 1 else 0
+        with _elapsed_bar(f"matching with {views} simulated views per image", views > 0 and show_progress(progress)):
             result = matcher.match(image1, image2)
         result.timings_ms["load"] = load_ms
         result.timings_ms["total"] += load_ms
