@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
 import socket
 import sys
 import threading
@@ -303,12 +304,19 @@ def _mainless_popen(process_obj):
             data.pop("init_main_from_name", None)
         return data
 
+    # A worker ignores Ctrl-C from its first instruction (an ignored signal stays ignored across
+    # exec, and Python keeps it so): Ctrl-C reaches the terminal's whole process group, and the
+    # driver alone stops the run in order. Before, a worker still importing featmatch died of it.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     with _PREP_LOCK:
         spawn.get_preparation_data = without_main
         try:
             return popen_spawn_posix.Popen(process_obj)
         finally:
             spawn.get_preparation_data = original
+            if in_main:  # None: a handler installed outside Python, which cannot be put back; Python's default then
+                signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 class _MainlessSpawnProcess(multiprocessing.context.SpawnProcess):
