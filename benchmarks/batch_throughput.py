@@ -24,6 +24,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+#: Test photos that ship with featmatch (used when ../shared/data is missing).
+BUNDLED = REPO / "featmatch" / "evaldata"
+EXAMPLES = REPO / "examples"
 
 from featmatch.batching import batch  # noqa: E402
 from featmatch.batching.synthetic import TEST_PHOTOS, corner_error, make_crop_set, overlap_error  # noqa: E402
@@ -51,7 +54,17 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="featmatch-bench-"))
-    crops = make_crop_set(args.data, tmp / "images", photos=TEST_PHOTOS[: args.photos], crops_per_photo=args.crops)
+    data, photos = args.data, TEST_PHOTOS[: args.photos]
+    if not data.is_dir():  # a fresh clone: the test photos that ship with featmatch, laid out as in the data set
+        data = tmp / "bundled"
+        photos = tuple(p for p in photos if (BUNDLED / Path(p).name).is_file() or (EXAMPLES / Path(p).name).is_file())
+        for rel in photos:
+            src = BUNDLED / Path(rel).name if (BUNDLED / Path(rel).name).is_file() else EXAMPLES / Path(rel).name
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            (data / rel).symlink_to(src)
+        print(f"{args.data} is missing: using the {len(photos)} bundled test photos ({', '.join(photos)})")
+        args.photos = len(photos)
+    crops = make_crop_set(data, tmp / "images", photos=photos, crops_per_photo=args.crops)
     n = len(crops.names)
     truth = crops.pairs_by_overlap(0.3)
     print(f"{n} images ({args.photos} photos x {args.crops} crops, {crops.shape[1]}x{crops.shape[0]}), ", end="")

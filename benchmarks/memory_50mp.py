@@ -22,6 +22,8 @@ import cv2
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR = [REPO.parent / "shared" / "data" / "vlfeat-pairs" / f"river{i}.jpg" for i in (1, 2)]
+#: The same pair at 640x480, bundled: used when ../shared/data is missing (it is upscaled anyway).
+BUNDLED_PAIR = [REPO / "examples" / "river" / f"river{i}.jpg" for i in (1, 2)]
 SIZE = (8192, 6144)  # 50.3 MP
 
 
@@ -40,9 +42,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--descriptors", default="sift,hardnet")
     args = ap.parse_args()
+    pair = PAIR
+    if not all(p.is_file() for p in PAIR):
+        pair = BUNDLED_PAIR
+        print(f"{PAIR[0].parent} is missing: upscaling the bundled river pair ({pair[0].parent})")
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i, src in enumerate(PAIR):
+        for i, src in enumerate(pair):
             big = cv2.resize(cv2.imread(str(src)), SIZE, interpolation=cv2.INTER_CUBIC)
             p = Path(tmp) / f"big{i}.jpg"
             cv2.imwrite(str(p), big, [cv2.IMWRITE_JPEG_QUALITY, 90])

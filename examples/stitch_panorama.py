@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import featmatch
+from featmatch.folders import folder_images
 from featmatch.stitching import BLENDS, PROJECTIONS, StitchWarning
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -39,22 +40,13 @@ SETS = {
     # a strong aerial oblique: placed after the retry with simulated oblique views
     "aero": [DATA / "opencv-samples" / "aero1.jpg", DATA / "opencv-samples" / "aero3.jpg"],
 }
-SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm")
 
 
 def expand(inputs: list[Path]) -> list[Path]:
-    """Files stay; a folder gives its images (in image_list.txt's order when it has one)."""
+    """Files stay; a folder gives its images as ``featmatch stitch`` reads it (image_list.txt, else natural order)."""
     out: list[Path] = []
     for p in inputs:
-        if p.is_dir():
-            listing = p / "image_list.txt"
-            if listing.exists():
-                lines = [ln.split()[0] for ln in listing.read_text().splitlines() if ln.strip() and ln[0] != "#"]
-                out.extend(p / n for n in lines)
-            else:
-                out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIXES))
-        else:
-            out.append(p)
+        out.extend(folder_images(p) if p.is_dir() else [p])
     return out
 
 
@@ -72,6 +64,10 @@ def main() -> int:
     ap.add_argument("--crop", action="store_true")
     args = ap.parse_args()
     if args.list:
+        if not DATA.is_dir():
+            print(f"the named sets are in {DATA}, which is missing; stitch the bundled set with:")
+            print("  python examples/stitch_panorama.py examples/river -o river.jpg")
+            return 0
         for name, paths in SETS.items():
             print(f"{name:14s} {len(expand(paths)):3d} images  {paths[0].parent if paths[0].is_file() else paths[0]}")
         return 0

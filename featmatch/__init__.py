@@ -1,15 +1,27 @@
 """featmatch: local-feature matching for homographies and panoramas.
 
-The public API::
+The public API (the same jobs as the ``featmatch`` command)::
 
     import featmatch
-    result = featmatch.estimate_homography("a.jpg", "b.jpg", descriptor="hardnet")
-    matcher = featmatch.Matcher("sift")          # reuse for many pairs
-    features = featmatch.describe("a.jpg")
-    cv_kps = featmatch.to_cv_keypoints(features.keypoints)   # OpenCV / kornia interop
-    desc = featmatch.describe_patches(patches)   # (N, 32, 32) uint8 or float patches -> (N, 128)
 
-Submodules are imported on first use, so ``import featmatch`` stays cheap.
+    # one pair: the homography mapping a.jpg's pixels to b.jpg's (MatchResult)
+    result = featmatch.estimate_homography("a.jpg", "b.jpg", descriptor="hardnet")
+    matcher = featmatch.Matcher("sift")             # builds the stages once, for many pairs
+    features = featmatch.describe("a.jpg")          # keypoints and descriptors only
+    desc = featmatch.describe_patches(patches)      # (N, 32, 32) patches -> (N, 128)
+
+    # a panorama (StitchResult) and many pairs (an iterator of PairResult, resumable)
+    pano = featmatch.stitch(["1.jpg", "2.jpg", "3.jpg"])
+    for r in featmatch.batch("photos/", pairs="sequential:3", output="results.jsonl"):
+        print(r.image1, r.image2, r.status, r.num_inliers)
+
+    # interop with OpenCV and kornia
+    featmatch.to_cv_keypoints, featmatch.from_cv_keypoints, featmatch.to_cv_matches,
+    featmatch.to_kornia_lafs, featmatch.extract_patches
+
+Errors derive from ``featmatch.FeatmatchError`` (``ImageReadError``, ``ConfigError``,
+``ModelNotFoundError``, ``NotEnoughMatchesError``). Submodules are imported on first use, so
+``import featmatch`` stays cheap; ``dir(featmatch)`` and ``help(featmatch)`` list every public name.
 """
 
 from __future__ import annotations
@@ -56,5 +68,12 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # imported once; later look-ups skip this function
+        return value
     raise AttributeError(f"module 'featmatch' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    """The public API and the module's own names (tab completion, ``help(featmatch)``)."""
+    return sorted(set(globals()) | set(_LAZY))

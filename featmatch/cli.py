@@ -20,14 +20,16 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 
 import click
 
 from . import __version__
 from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, printable
-from .options import descriptor_option, max_tilt_option, pipeline_options
+from .options import descriptor_option, max_tilt_option, pipeline_options, progress_option, show_progress
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
 LAZY_COMMANDS = {
@@ -43,8 +45,30 @@ LAZY_COMMANDS = {
 }
 
 
+#: Options of the ``featmatch`` group that are also accepted after the subcommand (``featmatch match a b -v``).
+_VERBOSITY = re.compile(r"^(-v+|--verbose|-q|--quiet)$")
+#: Loggers of libraries whose INFO lines are noise for a user (faiss's loader tries AVX-512 builds
+#: first and logs each miss; Ray logs its start-up): shown with -vv only.
+NOISY_LOGGERS = ("faiss", "faiss.loader", "ray", "h5py", "numexpr", "onnxruntime")
+
+
 class FeatmatchGroup(click.Group):
     """A click group that loads some commands lazily and turns errors into exit codes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Move ``-v``/``-q`` given after the subcommand in front of it, where the group reads them
+        (unless that subcommand has an option of the same name, such as ``batch -q``)."""
+        args = list(args)
+        at = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+        if at is not None and at + 1 < len(args):
+            command = self.get_command(ctx, args[at])
+            own = {o for p in getattr(command, "params", ()) for o in (*p.opts, *p.secondary_opts)}
+            end = args.index("--") if "--" in args[at:] else len(args)
+            moved = [a for a in args[at + 1 : end] if _VERBOSITY.match(a) and a not in own]
+            if moved:
+                rest = [a for a in args[at + 1 : end] if not (_VERBOSITY.match(a) and a not in own)]
+                args = args[:at] + moved + [args[at]] + rest + args[end:]
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         available = [name for name, target in LAZY_COMMANDS.items() if _module_exists(target.split(":")[0])]
@@ -94,8 +118,11 @@ def _module_exists(module: str) -> bool:
 
 @click.group(cls=FeatmatchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="featmatch")
-@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug detail).")
-def cli(verbose: int) -> None:
+@click.option(
+    "-v", "--verbose", count=True, help="Log what featmatch does to stderr (-vv: debug detail and library logs)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (also accepted after the subcommand).")
+def cli(verbose: int, quiet: bool) -> None:
     """featmatch: match local features between images, estimate homographies, stitch.
 
     \b
@@ -109,6 +136,9 @@ def cli(verbose: int) -> None:
     """
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(name)s: %(message)s")
+    if verbose < 2:
+        for name in NOISY_LOGGERS:  # libraries' chatter is not featmatch's progress
+            logging.getLogger(name).setLevel(logging.WARNING)
     if verbose < 2:  # OpenCV's own log lines would come before featmatch's one-line message
         from .imageio import quiet_opencv
 
@@ -129,6 +159,7 @@ def cli(verbose: int) -> None:
 )
 @click.option("--warp", type=click.Path(dir_okay=False), help="Write IMG1 warped into IMG2's frame, blended over IMG2.")
 @click.option("--profile", is_flag=True, help="Print per-stage times to stderr.")
+@progress_option()
 def match_command(
     img1,
     img2,
@@ -147,6 +178,7 @@ def match_command(
     plot,
     warp,
     profile,
+    progress,
 ):
     """Estimate the homography mapping IMG1 to IMG2.
 
@@ -163,7 +195,7 @@ def match_command(
     Exit codes: 0 found, 3 no reliable homography (JSON still printed, with
     "homography": null and a "reason"), 2 bad usage or unreadable input, 1 a bug.
     """
-    from .detect import DetectConfig
+    from .detect import DetectConfig, view_parameters
     from .geometry import GeometryConfig
     from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
@@ -191,7 +223,10 @@ def match_command(
             precision=precision,
             background=True,  # torch, kornia and the CNN load while the images are detected
         )
-        result = matcher.match(image1, image2)
+        # simulated views take seconds: show that work goes on (only on a terminal, as every bar)
+        views = len(view_parameters(max_tilt)) if max_tilt > 1 else 0
+        with _elapsed_bar(f"matching with {views} simulated views per image", views > 0 and show_progress(progress)):
+            result = matcher.match(image1, image2)
         result.timings_ms["load"] = load_ms
         result.timings_ms["total"] += load_ms
 
@@ -204,11 +239,13 @@ def match_command(
                     image1.color, image2.color, result.keypoints1, result.keypoints2, result.matches, result.inliers
                 ),
             )
+            click.echo(f"wrote {plot}", err=as_json)  # on stderr with --json: stdout stays one JSON object
         if warp:
             from .plot import warp_overlay, write_image
 
             if result.ok:
                 write_image(warp, warp_overlay(image1.color, image2.color, result.homography))
+                click.echo(f"wrote {warp}", err=as_json)
             else:
                 click.echo(f"featmatch: not writing {warp}: there is no homography to warp with", err=True)
 
@@ -226,7 +263,38 @@ def match_command(
                 )
         if not result.ok:
             click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
+            if max_tilt <= 1 and len(result.matches) > 0:
+                click.echo(
+                    "featmatch: hint: for images seen from very different angles, try --max-tilt 4 "
+                    "(simulated oblique views; several times slower)",
+                    err=True,
+                )
             sys.exit(EXIT_NO_HOMOGRAPHY)
+
+
+@contextlib.contextmanager
+def _elapsed_bar(desc: str, enabled: bool):
+    """A one-line indicator on stderr with the elapsed time, for a step that reports no progress of its own."""
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False)
+
+    def tick():
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+        bar.close()
 
 
 @contextlib.contextmanager

@@ -75,11 +75,14 @@ class HomographyEstimate:
         H: ``(3, 3)`` float64 mapping image-1 pixels to image-2 pixels, or None.
         inliers: ``(M,)`` bool mask over the input correspondences (all False when H is None).
         reason: why there is no homography (None on success).
+        num_inliers: the inliers of the best model the estimator found, also when a check
+            rejected it (the count its reason states); ``inliers.sum()`` on success.
     """
 
     H: np.ndarray | None
     inliers: np.ndarray
     reason: str | None = None
+    num_inliers: int = 0
 
 
 def corners(shape: tuple[int, int]) -> np.ndarray:
@@ -124,7 +127,7 @@ def degeneracy(H: np.ndarray, shape1: tuple[int, int], max_scale_change: float =
 
 
 #: With simulated oblique views (many more keypoints, repeated across views) random consensus
-#: sets grow: the inlier checks are stricter (measured on the EVD pairs, see the README).
+#: sets grow: the inlier checks are stricter (measured on the EVD pairs, see docs/results.md).
 VIEWS_MIN_INLIER_RATIO = 0.12
 VIEWS_MIN_SUPPORT = 0.10
 
@@ -187,13 +190,14 @@ def estimate_homography(
         m = count_distinct(pts1, pts2, distinct_px)
     if k < config.min_inliers:
         return HomographyEstimate(
-            None, none, f"only {k} inliers among {m} matches; at least {config.min_inliers} are needed"
+            None, none, f"only {k} inliers among {m} matches; at least {config.min_inliers} are needed", k
         )
     if k < config.min_inlier_ratio * m:
         return HomographyEstimate(
             None,
             none,
             f"only {k} of {m} matches are inliers ({k / m:.1%}); at least {config.min_inlier_ratio:.0%} are needed",
+            k,
         )
     if config.min_support > 0:
         hull = cv2.convexHull(np.ascontiguousarray(pts1[inliers], np.float32))
@@ -203,9 +207,10 @@ def estimate_homography(
                 None,
                 none,
                 f"the inliers cover only {support:.1%} of image 1; at least {config.min_support:.0%} is needed",
+                k,
             )
     H = H / H[2, 2] if abs(H[2, 2]) > 1e-12 else H
     why = degeneracy(H, shape1, config.max_scale_change)
     if why is not None:
-        return HomographyEstimate(None, none, f"degenerate homography: {why}")
-    return HomographyEstimate(H, inliers, None)
+        return HomographyEstimate(None, none, f"degenerate homography: {why}", k)
+    return HomographyEstimate(H, inliers, None, int(inliers.sum()))

@@ -123,8 +123,14 @@ def to_kornia_lafs(keypoints: Keypoints, magnification: float | None = None):
 
     Full-resolution pixel coordinates; the LAF covers the patch featmatch describes (side
     ``magnification * size``, default :data:`featmatch.patches.MAGNIFICATION` = 6, rotated by the
-    keypoint's angle, shaped by a simulated view's frame). Needs torch and kornia (imported here only).
+    keypoint's angle, shaped by a simulated view's frame). Needs torch (imported here only).
+
+    Raises:
+        ConfigError: PyTorch is not installed (the message says how to install it).
     """
+    from .engines import require_torch
+
+    require_torch("featmatch.to_kornia_lafs")
     import torch
 
     from .patches import MAGNIFICATION, keypoints_to_laf

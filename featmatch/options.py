@@ -7,6 +7,7 @@ knobs; they are defined once here so that names, ranges, defaults and help stay 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import click
@@ -34,6 +35,30 @@ PRECISION_HELP = (
     "(7-bit weights there) and on ARM with dot products, fp32 (ONNX Runtime) on other CPUs or torch fp32 without "
     "onnxruntime; fp16 on CUDA. bf16 only when asked for, on CPUs with native bf16."
 )
+
+
+def progress_option(quiet_short: bool = False) -> Callable:
+    """``--progress/--no-progress`` (keyword ``progress``: True, False or None = only on a terminal),
+    the one progress switch of every long command; ``quiet_short`` adds ``-q`` for ``--no-progress``."""
+    decls = ["--progress/--no-progress"] + ([" /-q"] if quiet_short else [])
+    return click.option(
+        *decls,
+        "progress",
+        default=None,
+        help="Progress bars on stderr [default: only when stderr is a terminal]"
+        + ("; -q is --no-progress." if quiet_short else "."),
+    )
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw bars: as asked, else when stderr is a terminal and ``featmatch -q`` was not given."""
+    if progress is not None:
+        return progress
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("quiet"):
+        return False
+    return sys.stderr.isatty()
+
 
 def descriptor_names() -> list[str]:
     from .descriptors import DESCRIPTORS

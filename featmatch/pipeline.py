@@ -67,6 +67,8 @@ class MatchResult:
             ``match``, ``geometry``, ``total``).
         reason: why ``homography`` is None (None on success).
         shapes: ``((H1, W1), (H2, W2))``.
+        rejected_inliers: without a homography, the inliers of the best model the estimator
+            found before a check rejected it (the count the reason states); None otherwise.
         engine: for a CNN descriptor, the engine that described
             (``{"name", "precision", "variant", "device", "why"}``); None for SIFT.
     """
@@ -81,6 +83,7 @@ class MatchResult:
     reason: str | None = None
     shapes: tuple = ((0, 0), (0, 0))
     engine: dict | None = None
+    rejected_inliers: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,6 +91,10 @@ class MatchResult:
 
     @property
     def num_inliers(self) -> int:
+        """Inliers of the homography; without one, those of the best model the checks rejected
+        (one count everywhere: the summary, ``--json``, batch's lines and the reason agree)."""
+        if self.homography is None and self.rejected_inliers is not None:
+            return int(self.rejected_inliers)
         return int(self.inliers.sum())
 
     def to_json(self) -> dict:
@@ -263,6 +270,7 @@ class Matcher:
             reason=reason,
             shapes=(f1.image_shape, f2.image_shape),
             engine=self.engine,
+            rejected_inliers=est.num_inliers if est.H is None else None,
         )
 
     def _detect_and_cut(self, img: Image) -> tuple[Keypoints, np.ndarray | None]:

@@ -284,7 +284,7 @@ def test_eval_cli_missing_weights_and_skip(tmp_path, monkeypatch, data_dir):
     assert "no weights for descriptor 'hardnet'" in res.output and "--skip-missing" in res.output
     res = CliRunner().invoke(cli, base + ["-d", "sift,hardnet", "--skip-missing", "--json"])
     assert res.exit_code == 0, res.output
-    js = json.loads(res.output)
+    js = json.loads(res.stdout)
     assert js["descriptors"] == ["sift"] and "hardnet" in js["skipped"]
     res = CliRunner().invoke(cli, base + ["-d", "sift,nope"])
     assert res.exit_code == 2 and "unknown descriptor 'nope'" in res.output
@@ -303,7 +303,7 @@ def test_eval_cli_runs_a_cnn_descriptor_from_the_models_folder(tmp_path, monkeyp
     args = ["eval", "-d", "sift,hardnet", "--max-pairs", "1", "-n", "200", "--json", "--no-progress"]
     res = CliRunner().invoke(cli, args + ["--out-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
-    js = json.loads(res.output)
+    js = json.loads(res.stdout)
     assert js["descriptors"] == ["sift", "hardnet"] and not js["skipped"]
     kps = {r["descriptor"]: r["keypoints"] for r in js["pairs"]}
     assert kps["sift"] == kps["hardnet"] == [200, 200]

@@ -183,7 +183,7 @@ def test_eval_cli_shows_peers_beside_ours(data_dir, tmp_path):
     ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    js = json.loads(res.output)
+    js = json.loads(res.stdout)
     assert js["descriptors"] == ["sift", "tfeat"] and js["settings"]["peers"]["tfeat"]["path"].endswith(
         "liberty.params"
     )
@@ -276,7 +276,7 @@ def test_eval_cli_whitened_column_and_weights_check(data_dir, tmp_path):
     base = ["eval", seq, "--max-pairs", "1", "-n", "200", "--no-progress", "--json", "--out-dir", str(tmp_path / "o")]
     res = CliRunner().invoke(cli, base + ["-d", "sift", "--whiten", f"hardnet={ident}"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["descriptors"] == ["sift", "hardnet+lw"]
+    assert json.loads(res.stdout)["descriptors"] == ["sift", "hardnet+lw"]
     other = Whitening(np.eye(128), np.zeros(128), "unit", {"weights_sha256": "0" * 64}).save(tmp_path / "other.npz")
     res = CliRunner().invoke(cli, base + ["-d", "sift", "--whiten", f"hardnet={other}"])
     assert res.exit_code == 2 and "not on models/hardnet.pt" in res.output

@@ -1,4 +1,4 @@
-"""Every row of the README's troubleshooting table is a case here: what featmatch says, and its exit code.
+"""Every row of the bad-input table of docs/robustness.md is a case here: what featmatch says, and its exit code.
 
 Inputs are made from real photos (the bundled roofs pair) so that "correct result" rows check
 the homography against the one found on the clean pair.
@@ -227,7 +227,7 @@ def test_opencv_pixel_limit_is_set_for_processes_that_import_featmatch_first():
     assert r.stdout.strip() == str(MAX_PIXELS)
 
 
-#: The documented bound (README, "Memory"): peak MiB per megapixel while loading one image.
+#: The documented bound (docs/robustness.md, "Memory bound per image"): peak MiB per megapixel while loading one image.
 LOAD_MB_PER_MP = {"8-bit JPEG": 8, "16-bit RGBA PNG": 18}
 
 # VmHWM, not getrusage(RUSAGE_SELF): Linux carries the parent's peak over fork + exec into the latter.
@@ -380,5 +380,5 @@ def test_click_usage_errors_are_documented():
     """click prints its own three-line block (Usage / Try / Error) with exit 2: kept, and documented."""
     r = CliRunner().invoke(cli, ["match", "--no-such-option"])
     assert r.exit_code == 2 and r.stderr.startswith("Usage: ") and "Error: No such option" in r.stderr
-    readme = (EXAMPLES.parent / "README.md").read_text()
+    readme = (EXAMPLES.parent / "docs" / "robustness.md").read_text()
     assert "Usage: ... / Try ... / Error: ..." in readme

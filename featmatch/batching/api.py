@@ -129,6 +129,8 @@ def batch(
     entries = list_images(images)
     if isinstance(pairs, (str, os.PathLike)):
         spec: PairsSpec | list = parse_pairs_spec(pairs)
+        if spec.mode == "file":  # checked now, before any image is described
+            spec = read_pairs_file(spec.path, [e.name for e in entries])
     else:
         spec = list(dict.fromkeys((str(a), str(b)) for a, b in pairs))
         known = {e.name for e in entries}
@@ -304,9 +306,14 @@ class BatchRun(Iterator[PairResult]):
             feat_fp = feature_fingerprint(self.config)
             opts_fp = match_fingerprint(self.config, feat_fp)
             fps = self._fingerprints()
+            pairs = None
+            if isinstance(self.spec, list) or self.spec.mode != "shortlist":
+                pairs = self._pairs(cache_path)  # known before the features: an interrupted run can say what is left
+                state["pairs"] = len(pairs)
             state["f_computed"], state["f_cached"] = self._features(cache_path, fps, feat_fp)
-            with self._damage_ends_the_run(cache_path):
-                pairs = self._pairs(cache_path)
+            if pairs is None:  # a shortlist reads the descriptors
+                with self._damage_ends_the_run(cache_path):
+                    pairs = self._pairs(cache_path)
             state["pairs"] = len(pairs)
             log = ResultsLog(self.output) if self.output is not None else None
 

@@ -10,7 +10,7 @@ import threading
 import click
 
 from ..errors import printable
-from ..options import descriptor_option, pipeline_options
+from ..options import descriptor_option, pipeline_options, progress_option, show_progress
 from .config import BACKENDS, CACHE_DTYPES, DEFAULT_BATCH_DESCRIPTOR
 from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
 
@@ -57,7 +57,7 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     help="How descriptors are stored (float16 keeps SIFT's values exactly).",
 )
 @click.option("--save-matches", is_flag=True, help="Also write each verified pair's inlier keypoint indices.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@progress_option(quiet_short=True)
 def batch_command(
     images,
     pairs_spec,
@@ -79,7 +79,7 @@ def batch_command(
     precision,
     cache_dtype,
     save_matches,
-    quiet,
+    progress,
 ):
     """Match many image pairs: each image's features are computed once and cached.
 
@@ -90,7 +90,7 @@ def batch_command(
 
     The defaults differ from match and stitch (hardnet, --device auto) on purpose: batch
     runs --workers single-threaded processes, one per core, and on a CPU the CNN costs
-    several times SIFT's time per image (README, Speed), so --descriptor sift; and one GPU
+    several times SIFT's time per image (docs/speed.md), so --descriptor sift; and one GPU
     would be shared by every worker, so --device cpu. Pass -d hardnet [--device cuda
     --workers 1] for the learned descriptor.
 
@@ -116,7 +116,7 @@ def batch_command(
         backend=backend,
         ray_address=ray_address,
         limit=limit,
-        progress=not quiet,
+        progress=show_progress(progress),
         max_keypoints=max_keypoints,
         max_side=max_side,
         ratio=ratio,
@@ -199,10 +199,12 @@ def _print_summary(s, pairs_spec: str, output: str, limit: int | None) -> None:
         f"in {s.match_seconds:.1f} s ({s.pairs_per_second:.1f} pairs/s)"
     )
     click.echo(
-        f"verified {s.verified}, no homography {s.no_homography}, failed {s.errors} -> {output}  "
+        f"verified {s.verified}, no homography {s.no_homography}, failed {s.errors}; wrote {output}  "
         f"(total {s.seconds:.1f} s)"
     )
-    if not s.complete:
+    if not s.complete and s.pairs == 0 and s.computed == 0:
+        click.echo("stopped (interrupted) before the shortlist was made; run the same command again to continue", err=True)
+    elif not s.complete:
         left = s.pairs - s.skipped - s.computed
         why = f"--limit {limit}" if limit is not None and s.computed >= limit else "interrupted"
         click.echo(f"stopped ({why}): {max(left, 0)} pairs left; run the same command again to continue", err=True)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ImageReadError, printable
+from ..folders import IMAGE_SUFFIXES, folder_images, is_image_name
 
 logger = logging.getLogger(__name__)
 
-#: File name endings taken as images when a folder is listed (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pnm", ".jp2")
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,11 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if root.is_dir():
-            # broken and looping symbolic links are listed too: they are reported as unusable images,
+            # image_list.txt's order, else natural order (2.jpg before 10.jpg), as stitch reads a folder.
+            # Broken and looping symbolic links are listed too: they are reported as unusable images,
             # not silently left out (pipes and other special files are skipped: reading one could block)
-            files = sorted(
-                p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or _dead_link(p))
-            )
-            entries = [ImageEntry(p.relative_to(root).as_posix(), p) for p in files]
+            files = folder_images(root, recursive=True)
+            entries = [ImageEntry(_relative_name(p, root), p) for p in files]
         elif root.is_file():
             entries = _read_list_file(root)
         else:
@@ -74,9 +72,11 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     return entries
 
 
-def _dead_link(path: Path) -> bool:
-    """A symbolic link whose target is missing or loops back (``exists()`` is False for both)."""
-    return path.is_symlink() and not path.exists()
+def _relative_name(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # image_list.txt may name a file outside the folder
+        return path.as_posix()
 
 
 def _read_list_file(path: Path) -> list[ImageEntry]:
@@ -94,6 +94,13 @@ def _read_list_file(path: Path) -> list[ImageEntry]:
             continue
         p = Path(name)
         entries.append(ImageEntry(name, p if p.is_absolute() else path.parent / p))
+    if entries and not any(e.path.exists() or e.path.is_symlink() for e in entries):
+        # a text file that names no existing file is not a list of images (a stray .jpg, a typo)
+        what = "a text file named like an image, not an image" if is_image_name(path) else "not a list of images"
+        raise ConfigError(
+            f"'{printable(path)}' is {what}: none of its {len(entries)} lines names an existing file "
+            f"(first line: '{printable(entries[0].name)[:80]}')"
+        )
     return entries
 
 

@@ -41,7 +41,8 @@ class PairResult:
         status: ``verified``, ``no_homography`` or ``error``.
         homography: ``(3, 3)`` float64, or None.
         num_matches: matches that passed the ratio test.
-        num_inliers: matches consistent with the homography (0 without one).
+        num_inliers: matches consistent with the homography (without one: with the best model
+            the estimator found, the count the reason states).
         num_keypoints: keypoints of the two images.
         reason: why there is no homography (None when verified).
         time_ms: matching and estimation time of this pair.

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -166,7 +170,7 @@ def match_pair(pair: tuple[str, str], f1: Features, f2: Features, config: BatchC
         status=VERIFIED if r.ok else NO_HOMOGRAPHY,
         homography=r.homography,
         num_matches=len(r.matches),
-        num_inliers=r.num_inliers if r.ok else 0,
+        num_inliers=r.num_inliers,  # without a homography: the rejected model's, as the reason says
         num_keypoints=(len(f1), len(f2)),
         reason=r.reason,
         time_ms=(time.perf_counter() - t0) * 1000,
@@ -267,6 +271,66 @@ def _init_worker(threads: int) -> None:
     _STATE["threads"] = threads
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """A multiprocessing context whose spawned workers do not run the caller's ``__main__`` script.
+
+    multiprocessing's ``spawn`` makes every worker import the main script again (as
+    ``__mp_main__``), so that functions defined there can be unpickled. A plain script that
+    calls :func:`featmatch.batch` at its top level, without an ``if __name__ == "__main__":``
+    guard, then re-runs itself in each worker and breaks the pool. The workers only ever run
+    featmatch's own functions, so they are started without the main script (the same spawn
+    otherwise: a fresh interpreter, the driver's ``sys.path`` and working folder), on Linux and
+    macOS alike. Elsewhere (Windows) plain spawn is used, where the guard is needed.
+    """
+    if os.name != "posix":  # pragma: no cover
+        return multiprocessing.get_context("spawn")
+    return _MainlessSpawnContext()
+
+
+_PREP_LOCK = threading.Lock()
+
+
+def _mainless_popen(process_obj):
+    """Start ``process_obj`` as spawn does, with preparation data that names no main module."""
+    from multiprocessing import popen_spawn_posix, spawn
+
+    original = spawn.get_preparation_data
+    caller = threading.get_ident()
+
+    def without_main(name):
+        data = original(name)
+        if threading.get_ident() == caller:  # another thread spawning meanwhile gets the usual data
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    # A worker ignores Ctrl-C from its first instruction (an ignored signal stays ignored across
+    # exec, and Python keeps it so): Ctrl-C reaches the terminal's whole process group, and the
+    # driver alone stops the run in order. Before, a worker still importing featmatch died of it.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    with _PREP_LOCK:
+        spawn.get_preparation_data = without_main
+        try:
+            return popen_spawn_posix.Popen(process_obj)
+        finally:
+            spawn.get_preparation_data = original
+            if in_main:  # None: a handler installed outside Python, which cannot be put back; Python's default then
+                signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+class _MainlessSpawnProcess(multiprocessing.context.SpawnProcess):
+    _start_method = "spawn"
+
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
+        return _mainless_popen(process_obj)
+
+
+class _MainlessSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _MainlessSpawnProcess
+
+
 class LocalBackend:
     """This process (``workers=1``) or a pool of ``workers`` spawned processes.
 
@@ -296,12 +360,10 @@ class LocalBackend:
                 self._old_threads = set_threads(self.threads)
                 _STATE["threads"] = self.threads
         elif self._pool is None:
-            import multiprocessing
-
             # spawn, not fork: the driver may already run OpenMP (FAISS) threads, which do not survive a fork.
             self._pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=worker_context(),
                 initializer=_init_worker,
                 initargs=(self.threads,),
             )
@@ -419,8 +481,11 @@ class RayBackend:
         if self._started:
             return
         ray = self.ray
+        # Ray's start-up notices (e.g. its token-authentication warning) are not featmatch's
+        # business: shown with -v only (ray.init sets its "ray" logger's level).
+        level = logging.WARNING if logger.isEnabledFor(logging.INFO) else logging.ERROR
         if not ray.is_initialized():
-            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=level)
             if self.address is None:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             if self.address is not None:

@@ -275,6 +275,76 @@ def _engine_candidates(device: str, net, trained: bool, cpu) -> list[tuple[str, 
     return out
 
 
+def have_torch() -> bool:
+    """Whether PyTorch and kornia are installed (the ``torch`` extra): the torch engines and the kornia baseline."""
+    from ..engines import have_module
+
+    return have_module("torch") and have_module("kornia")
+
+
+#: What the engines part says where the ``torch`` extra is missing.
+NO_TORCH_NOTE = "PyTorch is not installed: the torch engines and the kornia baseline are skipped ({hint})"
+
+
+def bench_describe_without_torch(config: BenchConfig, log: Callable[[str], None]) -> dict:
+    """The engines part on the base install: every ONNX engine, cosines against ONNX fp32, no kornia baseline.
+
+    Raises:
+        ConfigError: the shipped ONNX exports are missing or stale (then nothing can be measured without torch).
+    """
+    from ..descriptors import CNNDescriptor
+    from ..engines import TORCH_INSTALL_HINT, probe_cpu
+    from ..engines.onnx_engine import OnnxEngine
+    from ..engines.select import fresh_exports
+    from ..weights import onnx_path
+
+    if config.device != "cpu":
+        raise ConfigError(f"bench --device {config.device} needs PyTorch: {TORCH_INSTALL_HINT}")
+    exports = fresh_exports("hardnet")
+    if "fp32" not in exports.variants:
+        raise ConfigError(f"bench's engines part needs the ONNX exports or PyTorch: {exports.reason}")
+    cpu = probe_cpu()
+    engines = [
+        (f"onnx {v}", OnnxEngine(onnx_path("hardnet", v), "fp32" if v == "fp32" else "int8", variant=v))
+        for v in ("fp32", "int8", "int8-w7")
+        if v in exports.variants
+    ]
+    auto = CNNDescriptor("hardnet", device="cpu")
+    patches = real_patches(bench_images(config)[0], max(config.batch_sizes))
+    limits = isa_limits(cpu)
+    rows = []
+    for bs in config.batch_sizes:
+        x = patches[:bs]
+        ref = engines[0][1](x)  # onnx fp32: the reference of the cosines
+        row: dict = {"batch": bs, "kornia_fp32_per_s": None, "engines": {}}
+        for label, engine in engines:
+            log(f"bench engines: batch {bs}: {label}")
+            t = _median_time(lambda e=engine, x=x: e(x), config.describe_repeats)
+            cos = np.sum(ref * engine(x), axis=1)
+            kind = "int8" if "int8" in label else "fp32"
+            lim = limits.get(kind, {}).get("patches_per_s")
+            row["engines"][label] = {
+                "per_s": bs / t,
+                "ratio_vs_kornia": None,
+                "min_cosine_vs_kornia": float(cos.min()),
+                "mean_cosine_vs_kornia": float(cos.mean()),
+                "share_of_isa_limit": bs / t / lim if lim else None,
+            }
+        rows.append(row)
+    return {
+        "weights": f"trained weights, ONNX exports in {onnx_path('hardnet', 'fp32').parent}",
+        "device": "cpu",
+        "cpu": cpu.to_json(),
+        "auto": auto.choice.to_json(),
+        "auto_label": auto.choice.label,
+        "torch_threads": None,
+        "isa_limits": limits,
+        "rows": rows,
+        "note": NO_TORCH_NOTE.format(hint=TORCH_INSTALL_HINT),
+        "cosine_reference": "onnx fp32",
+    }
+
+
 def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], None], trained: bool = True) -> dict:
     """patches/s of every engine x precision vs kornia's HardNet fp32, same weights and patches;
     what ``auto`` picks and why; the ISA's limit and the share of it reached."""
@@ -543,9 +613,11 @@ def run_bench(config: BenchConfig, parts: tuple[str, ...] = PARTS, log=None) -> 
     with tempfile.TemporaryDirectory(prefix="featmatch-bench-") as tmp:
         net, models, note, trained = (None, None, None, False)
         parts = tuple("engines" if p == "describe" else p for p in parts)
-        if "engines" in parts or "pipeline" in parts:
+        if "pipeline" in parts or ("engines" in parts and have_torch()):
             net, models, note, trained = _hardnet_weights(Path(tmp))
-        if "engines" in parts:
+        if "engines" in parts and not have_torch():
+            out["engines"] = bench_describe_without_torch(config, log)
+        elif "engines" in parts:
             out["engines"] = bench_describe(config, net, note, log, trained)
         if "pipeline" in parts:
             out["pipeline"] = bench_pipeline(config, models, note, log)
@@ -593,26 +665,31 @@ def format_report(result: dict) -> str:
                          f"{_f(lim['patches_per_s'], 0)} patches/s")  # fmt: skip
         if d["isa_limits"]:
             lines.append("")
+        reference = d.get("cosine_reference", "kornia")
+        if d.get("note"):
+            lines += [f"**{d['note']}**", ""]
         lines += [
-            f"### descriptor throughput (patches/s), {d['weights']}; torch threads {d['torch_threads']}",
+            f"### descriptor throughput (patches/s), {d['weights']}; torch threads {d['torch_threads'] or '-'}",
             "",
-            "| batch | engine | patches/s | vs kornia HardNet fp32 | share of ISA limit | min / mean cos vs kornia |",
+            f"| batch | engine | patches/s | vs kornia HardNet fp32 | share of ISA limit | min / mean cos vs {reference} |",
             "|---:|---|---:|---:|---:|---|",
         ]
         for r in d["rows"]:
-            lines.append(
-                f"| {r['batch']} | kornia HardNet fp32 (baseline) | {_f(r['kornia_fp32_per_s'], 0)} | 1.00x | | |"
-            )
+            if r["kornia_fp32_per_s"] is not None:
+                lines.append(
+                    f"| {r['batch']} | kornia HardNet fp32 (baseline) | {_f(r['kornia_fp32_per_s'], 0)} | 1.00x | | |"
+                )
             for label, e in r["engines"].items():
                 share = e.get("share_of_isa_limit")
                 mark = " (auto)" if label == d["auto_label"] else ""
+                vs = "-" if e["ratio_vs_kornia"] is None else f"{e['ratio_vs_kornia']:.2f}x"
                 lines.append(
-                    f"| {r['batch']} | {label}{mark} | {_f(e['per_s'], 0)} | {e['ratio_vs_kornia']:.2f}x | "
+                    f"| {r['batch']} | {label}{mark} | {_f(e['per_s'], 0)} | {vs} | "
                     f"{'-' if share is None else f'{100 * share:.0f} %'} | "
                     f"{e['min_cosine_vs_kornia']:.4f} / {e['mean_cosine_vs_kornia']:.5f} |"
                 )
             auto_row = r["engines"].get(d["auto_label"])
-            if auto_row:
+            if auto_row and auto_row["ratio_vs_kornia"] is not None:
                 ratios.append(
                     f"ratio: describe batch {r['batch']}: featmatch auto ({d['auto_label']}) speed "
                     f"{auto_row['ratio_vs_kornia']:.2f}x kornia HardNet fp32 (>1: featmatch faster)"

@@ -14,7 +14,7 @@ import click
 from ..descriptors import PRECISIONS
 from ..errors import ConfigError
 from ..geometry import DEFAULT_THRESHOLD
-from ..options import PRECISION_HELP, max_tilt_option
+from ..options import PRECISION_HELP, max_tilt_option, progress_option, show_progress
 
 DESCRIPTOR_HELP = "Comma-separated descriptors to compare (sift, rootsift, hardnet, exptloss)."
 PEER_HELP = (
@@ -66,7 +66,7 @@ def _parse_names(value: str) -> list[str]:
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out"), show_default=True, help="Where results.json, results.md and curves.png go.")  # fmt: skip
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of the cached synthetic pairs (default $FEATMATCH_CACHE/eval-v1, else ~/.cache/featmatch/eval-v1).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout instead of the tables.")
-@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@progress_option()
 def eval_command(
     data_dir,
     descriptor,
@@ -88,7 +88,7 @@ def eval_command(
     out_dir,
     cache_dir,
     as_json,
-    no_progress,
+    progress,
 ):
     """Measure homography accuracy and MMA of descriptors on pairs with a true homography.
 
@@ -135,7 +135,7 @@ def eval_command(
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
     match_device = next((getattr(d, "device", "cpu") for d in describers.values() if hasattr(d, "device")), "cpu")
-    report = run_evaluation(pairs, describers, config, skipped, progress=not no_progress, device=match_device)
+    report = run_evaluation(pairs, describers, config, skipped, progress=show_progress(progress), device=match_device)
     # what each learned column actually ran in (``auto`` resolves per machine: int8, bf16 or fp32)
     extra = {"precision": {n: d.precision for n, d in describers.items() if hasattr(d, "precision")}}
     if peer_rows:
@@ -144,6 +144,7 @@ def eval_command(
     paths = write_outputs(report, out_dir)
     if as_json:
         click.echo(json.dumps(report.to_json()))
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)  # stdout stays one JSON object
     else:
         click.echo(markdown(report))
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,15 @@ import click
 import numpy as np
 
 from ..detect import C_INT_MAX
-from ..options import FiniteFloatRange, descriptor_option, max_tilt_option, pipeline_options
+from ..errors import printable
+from ..options import (
+    FiniteFloatRange,
+    descriptor_option,
+    max_tilt_option,
+    pipeline_options,
+    progress_option,
+    show_progress,
+)
 from .config import (
     BLENDS,
     DEFAULT_BLEND,
@@ -24,32 +31,28 @@ from .config import (
     StitchWarning,
 )
 
-#: File name endings taken from a folder given as IMG.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
-#: A folder's panorama order, when it has this file (one image name a line, as in the
-#: panoramas-image-stitching sets, whose lines also carry a focal length that is ignored).
-IMAGE_LIST = "image_list.txt"
 
+def _expand(paths: tuple[str, ...], output: str | None = None) -> list[str]:
+    """Files are kept as given; a folder gives the images its ``image_list.txt`` names, in that
+    order, else its images in natural order (:mod:`featmatch.folders`), without ``output``
+    (a panorama written into the folder by an earlier run is not an input).
 
-def _natural_key(path: Path) -> list:
-    """Sort key that orders ``2.jpg`` before ``10.jpg`` (digit runs compare as numbers)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+    Raises:
+        StitchInputError: a folder holds no image.
+    """
+    from ..folders import IMAGE_SUFFIXES, folder_images
+    from .config import StitchInputError
 
-
-def _expand(paths: tuple[str, ...]) -> list[str]:
-    """Files are kept as given; a folder gives the files its ``image_list.txt`` names, in that
-    order (first word of each line; ``#`` starts a comment), else its images in natural order."""
     out = []
     for p in paths:
         path = Path(p)
         if not path.is_dir():
             out.append(p)
-        elif (path / IMAGE_LIST).is_file():
-            lines = (ln.split("#")[0].split() for ln in (path / IMAGE_LIST).read_text().splitlines())
-            out.extend(str(path / words[0]) for words in lines if words)
-        else:
-            images = [f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
-            out.extend(str(f) for f in sorted(images, key=_natural_key))
+            continue
+        images = folder_images(path, exclude=[output] if output else ())
+        if not images:
+            raise StitchInputError(f"no images found in {printable(p)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        out.extend(str(f) for f in images)
     return out
 
 
@@ -118,7 +121,7 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     "--json", "as_json", is_flag=True, help="Print one JSON object (homographies, placed/dropped, pair graph)."
 )
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the seam layout and pair graph picture.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+@progress_option()
 def stitch_command(
     images,
     output,
@@ -171,7 +174,7 @@ def stitch_command(
     from .config import StitchConfig, StitchInputError
     from .stitcher import stitch
 
-    files = _expand(images)
+    files = _expand(images, output)
     if len(files) < 2:
         raise StitchInputError(f"stitching needs at least 2 images, got {len(files)}")
     check_output_path(output, "-o")  # before any work: a bad output path must not cost a whole stitch
@@ -200,7 +203,7 @@ def stitch_command(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StitchWarning)
-        result = stitch(files, config=config, matcher=matcher, progress=progress)
+        result = stitch(files, config=config, matcher=matcher, progress=show_progress(progress))
     for w in caught:
         if issubclass(w.category, StitchWarning):
             click.echo(f"featmatch: warning: {w.message}", err=True)
@@ -212,12 +215,14 @@ def stitch_command(
         from .plot import draw_layout
 
         write_image(plot, draw_layout(result))
+        click.echo(f"wrote {plot}", err=as_json)  # on stderr with --json: stdout stays one JSON object
     if as_json:
+        click.echo(f"wrote {output}", err=True)
         click.echo(json.dumps({"output": str(output), "descriptor": descriptor, **result.to_json()}))
     else:
         h, w = result.panorama.shape[:2]
         click.echo(
-            f"{output}: {w}x{h} {result.projection} panorama of {len(result.placed)}/{len(files)} images "
+            f"wrote {output}: {w}x{h} {result.projection} panorama of {len(result.placed)}/{len(files)} images "
             f"(reference {result.names[result.reference]}) in {result.timings_ms.get('total', 0) / 1000:.1f} s"
         )
         if result.dropped:

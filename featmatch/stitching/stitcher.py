@@ -393,7 +393,7 @@ def _verify_pairs(
         r = matcher.match_features(feats[i], feats[j])
         nm, ni = len(r.matches), r.num_inliers
         if not r.ok:
-            edges[(i, j)] = PairEdge(i, j, nm, 0, False, reason=r.reason)
+            edges[(i, j)] = PairEdge(i, j, nm, ni, False, reason=r.reason)
             continue
         pts_i = r.keypoints1[r.matches[:, 0]].astype(np.float64)
         pts_j = r.keypoints2[r.matches[:, 1]].astype(np.float64)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
+from ..options import progress_option, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ Examples:
 @click.option("--val-every", type=int, default=200, show_default=True,
               help="Steps between validation FPR95 checks (0: never).")
 @click.option("--eval-only", is_flag=True, help="Do not train: report FPR95/mAP of --out's weights on the test pairs.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@progress_option()
 @click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
               help="Train a grid instead of one model (KEY: batch-size, lr, mining-ratio, beta, gamma, alpha, margin; "
                    "repeatable): one run folder per cell under --run-dir [default: runs/sweep-<loss>], same steps "
@@ -104,7 +105,7 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
           resume: bool, out: Path | None,
           run_dir: Path | None, data_root: Path | None, cache_dir: Path | None, warps: int, max_keypoints: int,
           workers: int, threads: int | None, device: str, bf16: bool, checkpoint_every: int, val_every: int,
-          eval_only: bool, progress: bool, sweep: tuple[str, ...]) -> None:
+          eval_only: bool, progress: bool | None, sweep: tuple[str, ...]) -> None:
     from ..network import MODELS_ENV, weight_path
     from .datasets import (
         WarpConfig,
@@ -145,13 +146,13 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
     _setup_logging(run_dir)
     t0 = time.time()
     dataset = build_warp_dataset(train_photos(data_root), warp_cfg, cache_dir=cache_dir, workers=workers,
-                                 progress=progress)
+                                 progress=show_progress(progress))
     click.echo(f"dataset: {len(dataset)} patches of {dataset.num_points} points ({time.time() - t0:.0f} s)", err=True)
     val_pairs = build_val_pairs(data_root, cache_dir) if val_every else None
     if grid:
         from .sweep import run_sweep
 
-        records = run_sweep(dataset, cfg, grid, run_dir, val_pairs=val_pairs, resume=resume, progress=progress,
+        records = run_sweep(dataset, cfg, grid, run_dir, val_pairs=val_pairs, resume=resume, progress=show_progress(progress),
                             log=lambda msg: click.echo(msg, err=True))
         for r in records:
             val = "-" if r["val_fpr95"] is None else f"{r['val_fpr95']:.4f}"
@@ -161,7 +162,7 @@ def train(loss_name: str, steps: int, minutes: float | None, batch_size: int, lr
         click.echo(f"sweep summary: {run_dir / 'sweep.json'}; score on the test pairs with: "
                    f"featmatch eval-patches --descriptor {specs}")
         return
-    result = run_training(dataset, cfg, run_dir, out=out, val_pairs=val_pairs, resume=resume, progress=progress)
+    result = run_training(dataset, cfg, run_dir, out=out, val_pairs=val_pairs, resume=resume, progress=show_progress(progress))
     val = "-" if result.val_fpr95 is None else f"{result.val_fpr95:.4f}"
     click.echo(f"{loss_name}: {result.steps} steps in {result.wall_s / 60:.1f} min, last loss {result.last_loss:.4f}, "
                f"validation FPR95 {val}; weights {result.weights} (fp16 max |diff| {result.fp16_max_abs_diff})")
