@@ -26,7 +26,7 @@ import time
 import click
 
 from . import __version__
-from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, printable
+from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, os_cause, os_condition, printable
 from .options import descriptor_option, max_tilt_option, pipeline_options
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
@@ -77,15 +77,28 @@ class FeatmatchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("featmatch: interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if os_condition(exc.errno) is None:  # not the machine's state: a bug, as below
+                _internal_error(ctx, exc)
+            # the machine's state (full or read-only disk, permissions, too many open files):
+            # one line naming the path and the cause, exit 2, whatever code path met it
+            where = f"'{printable(exc.filename)}'" if exc.filename else "a file"
+            click.echo(f"featmatch: error: cannot use {where}: {os_cause(exc)}", err=True)
+            ctx.exit(2)
         except Exception as exc:  # anything else is our bug: say so in one line
-            if os.environ.get("FEATMATCH_DEBUG"):
-                raise
-            click.echo(
-                f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {printable(exc)} "
-                "(set FEATMATCH_DEBUG=1 for the traceback)",
-                err=True,
-            )
-            ctx.exit(EXIT_BUG)
+            _internal_error(ctx, exc)
+
+
+def _internal_error(ctx: click.Context, exc: BaseException) -> None:
+    """Anything unexpected is featmatch's bug: one line, exit code 1 (the traceback with FEATMATCH_DEBUG=1)."""
+    if os.environ.get("FEATMATCH_DEBUG"):
+        raise exc
+    click.echo(
+        f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {printable(exc)} "
+        "(set FEATMATCH_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    ctx.exit(EXIT_BUG)
 
 
 def _module_exists(module: str) -> bool:

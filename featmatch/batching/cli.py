@@ -57,6 +57,12 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     help="How descriptors are stored (float16 keeps SIFT's values exactly).",
 )
 @click.option("--save-matches", is_flag=True, help="Also write each verified pair's inlier keypoint indices.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a file at OUTPUT or --cache that featmatch did not write (otherwise refused, untouched). "
+    "An input is never overwritten.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def batch_command(
     images,
@@ -79,6 +85,7 @@ def batch_command(
     precision,
     cache_dtype,
     save_matches,
+    force,
     quiet,
 ):
     """Match many image pairs: each image's features are computed once and cached.
@@ -128,6 +135,7 @@ def batch_command(
         precision=precision,
         cache_dtype=cache_dtype,
         save_matches=save_matches,
+        force=force,
     )
     stop = threading.Event()
     try:

@@ -13,7 +13,6 @@ unchanged; list and pairs files may hold such names as raw bytes.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -21,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ImageReadError, printable
+from ..errors import ConfigError, printable
+from ..imageio import read_image_file, special_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,8 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         root = Path(source)
         if root.is_dir():
             # broken and looping symbolic links are listed too: they are reported as unusable images,
-            # not silently left out (pipes and other special files are skipped: reading one could block)
-            files = sorted(
-                p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or _dead_link(p))
-            )
+            # not silently left out; pipes and devices too (batch() leaves them out with a warning)
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             entries = [ImageEntry(p.relative_to(root).as_posix(), p) for p in files]
         elif root.is_file():
             entries = _read_list_file(root)
@@ -72,11 +70,6 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         raise ConfigError(f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)})")
     _check_unique(e.name for e in entries)
     return entries
-
-
-def _dead_link(path: Path) -> bool:
-    """A symbolic link whose target is missing or loops back (``exists()`` is False for both)."""
-    return path.is_symlink() and not path.exists()
 
 
 def _read_list_file(path: Path) -> list[ImageEntry]:
@@ -106,22 +99,33 @@ def _check_unique(names: Iterable[str]) -> None:
 
 
 def read_bytes(entry: ImageEntry) -> bytes:
-    """The file's bytes.
+    """The file's bytes (:func:`featmatch.imageio.read_image_file`: regular files within the size cap only).
 
     Raises:
-        ImageReadError: missing, a folder or unreadable.
+        ImageReadError: missing, a folder, a device, pipe or socket, too large, or unreadable.
     """
-    try:
-        return entry.path.read_bytes()
-    except FileNotFoundError:
-        why = "broken symbolic link (its target does not exist)" if entry.path.is_symlink() else "no such file"
-        raise ImageReadError(entry.path, why) from None
-    except IsADirectoryError:
-        raise ImageReadError(entry.path, "is a directory, not an image file") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageReadError(entry.path, "symbolic link loop (the link leads back to itself)") from None
-        raise ImageReadError(entry.path, exc.strerror or str(exc)) from None
+    return read_image_file(entry.path)
+
+
+def split_special(entries: Sequence[ImageEntry]) -> tuple[list[ImageEntry], dict[str, str]]:
+    """Leave out the entries that are devices, named pipes or sockets (``/dev/zero`` in a list file
+    reads forever, a FIFO blocks): ``(kept, {name: why})``. Only ``stat`` is called: nothing is opened.
+
+    Missing files and broken links are kept: reading them gives their own one-line reason.
+    """
+    kept, skipped = [], {}
+    for e in entries:
+        try:
+            st = os.stat(e.path)
+        except OSError:
+            kept.append(e)
+            continue
+        kind = special_file(st)
+        if kind is None:
+            kept.append(e)
+        else:
+            skipped[e.name] = f"not a regular file ({kind}); left out of the batch"
+    return kept, skipped
 
 
 def content_fingerprint(data: bytes) -> str:

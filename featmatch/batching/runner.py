@@ -19,15 +19,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 
 from ..errors import ConfigError, FeatmatchError, ImageReadError
-from ..imageio import image_from_bytes, native_stderr_silenced, quiet_opencv
+from ..imageio import image_from_bytes, native_stderr_silenced, quiet_opencv, read_image_file
 from ..pipeline import Features, Matcher
 from .cache import FeatureCache, strip_features
 from .config import BatchConfig, weights_id
+from .inputs import content_fingerprint
 from .results import NO_HOMOGRAPHY, VERIFIED, PairResult
 
 logger = logging.getLogger(__name__)
@@ -74,12 +74,16 @@ class FeatureOutcome:
         features: what matching needs (no detection image), or None on error.
         error: the one-line reason, or None.
         time_ms: load + detect + describe time.
+        fingerprint: :func:`~featmatch.batching.inputs.content_fingerprint` of the very bytes
+            that were described (a file replaced after the driver fingerprinted it must not
+            be cached under the old file's fingerprint).
     """
 
     name: str
     features: Features | None
     error: str | None = None
     time_ms: float = 0.0
+    fingerprint: str | None = None
 
 
 class _NoDescriber:
@@ -140,19 +144,16 @@ def compute_features(job: FeatureJob, config: BatchConfig) -> FeatureOutcome:
     """
     t0 = time.perf_counter()
     try:
-        data = job.data
-        if data is None:
-            try:
-                data = Path(job.path).read_bytes()
-            except OSError as exc:
-                raise ImageReadError(job.path, exc.strerror or str(exc)) from None
+        data = job.data if job.data is not None else read_image_file(job.path)
+        fingerprint = content_fingerprint(data)
         image = _decode(data, job.path)
         del data
         feats = _matcher(config, describe=True).features(image)
         del image
     except ImageReadError as exc:
         return FeatureOutcome(job.name, None, str(exc), (time.perf_counter() - t0) * 1000)
-    return FeatureOutcome(job.name, strip_features(feats, config.cache_dtype), None, (time.perf_counter() - t0) * 1000)
+    ms = (time.perf_counter() - t0) * 1000
+    return FeatureOutcome(job.name, strip_features(feats, config.cache_dtype), None, ms, fingerprint)
 
 
 def match_pair(pair: tuple[str, str], f1: Features, f2: Features, config: BatchConfig) -> PairResult:
@@ -481,7 +482,10 @@ class RayBackend:
         self.start()
 
         def submit(job: FeatureJob):
-            data = job.data if job.data is not None else Path(job.path).read_bytes()
+            try:
+                data = job.data if job.data is not None else read_image_file(job.path)
+            except ImageReadError as exc:  # the outcome without a task
+                return self.ray.put(FeatureOutcome(job.name, None, str(exc)))
             ref = self._features_task.remote(FeatureJob(job.name, job.path, data), self._config_ref)
             self._refs[job.name] = ref
             return ref
