@@ -181,11 +181,14 @@ def match_command(
     from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
     from .pipeline import Matcher
-    from .plot import check_output_path
+    from .plot import check_not_an_input, check_output_path
 
     for option, target in (("--plot", plot), ("--warp", warp)):
         if target:  # before any work: a bad output path must not cost a whole match
             check_output_path(target, option)
+            check_not_an_input(target, option, [img1, img2])
+    if plot and warp:
+        check_not_an_input(warp, "--warp", [plot])
 
     # One pair in a short-lived process: the cyclic garbage collector only costs time here
     # (while torch is imported); reference counting still frees every array. It is switched

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import FeatmatchError, printable
+from .errors import FeatmatchError, os_cause, printable
 
 GREEN = (60, 200, 60)
 RED = (40, 40, 230)
@@ -158,6 +158,31 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes | memoryview) ->
         raise
 
 
+def check_not_an_input(target: str | None, option: str, inputs: list[str]) -> None:
+    """Refuse an output path that is one of the inputs (``stitch a.jpg b.jpg -o a.jpg``), before any work.
+
+    Raises:
+        FeatmatchError: (exit code 2) naming the option and the input.
+    """
+    if not target:
+        return
+
+    def identity(p: str) -> tuple:
+        try:
+            st = os.stat(p)
+            return ("inode", st.st_dev, st.st_ino)
+        except OSError:
+            return ("path", os.path.realpath(p))
+
+    mine = identity(target)
+    for p in inputs:
+        if identity(p) == mine:
+            raise FeatmatchError(
+                f"{option} '{printable(target)}' is the input image '{printable(p)}': featmatch never writes over "
+                f"its inputs; give another {option}"
+            )
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Encode an image in memory and write it atomically (temporary file + rename).
 
@@ -181,4 +206,4 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     try:
         write_bytes_atomically(path, memoryview(buf.reshape(-1)))
     except OSError as exc:
-        raise FeatmatchError(f"cannot write '{shown}': {exc.strerror or exc}") from None
+        raise FeatmatchError(f"cannot write '{shown}': {os_cause(exc)}") from None

@@ -15,6 +15,7 @@ The run, step by step:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..detect import DetectConfig
-from ..errors import ConfigError, FeatmatchError, FileSystemError, check_type, os_cause, os_condition, printable
+from ..errors import ConfigError, FeatmatchError, FileSystemError, check_type, os_cause, printable
 from ..geometry import GeometryConfig
 from ..match import MatchConfig
 from .cache import CacheUnreadableError, FeatureCache, NotACacheError, entry_fingerprint
@@ -297,9 +298,9 @@ class BatchRun(Iterator[PairResult]):
                 self._warn(f"replaced '{printable(cache_path)}', which was not a feature cache (--force)")
                 cache_path.unlink()
             except FileSystemError as exc:
-                if os_condition(exc.errno) and cache_path.is_file():  # a read-only disk: use it as it is
-                    return self._describe_read_only(cache_path, fps, feat_fp, exc)
-                raise
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and cache_path.is_file():
+                    return self._describe_read_only(cache_path, fps, feat_fp, exc)  # use it as it is
+                raise  # a full disk: no copy, no rebuild; the same command goes on once there is space
             except CacheUnreadableError as exc:
                 if attempt:
                     raise
@@ -310,7 +311,11 @@ class BatchRun(Iterator[PairResult]):
     def _describe_read_only(self, cache_path: Path, fps, feat_fp: str, refused: FileSystemError) -> tuple[int, int]:
         """The cache cannot be opened for writing (read-only disk, no permission): an intact
         cache that holds every image is used as it is; otherwise the run stops, saying why."""
-        with FeatureCache(cache_path, "r", lru=0) as cache:
+        try:
+            cache = FeatureCache(cache_path, "r", lru=0)
+        except ConfigError:
+            raise refused from None  # not readable either: the first reason is the one to fix
+        with cache:
             missing = [
                 e.name
                 for e in self.entries

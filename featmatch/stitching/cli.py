@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..detect import C_INT_MAX
+from ..errors import os_cause, printable
 from ..options import FiniteFloatRange, descriptor_option, max_tilt_option, pipeline_options
 from .config import (
     BLENDS,
@@ -44,12 +45,33 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
         if not path.is_dir():
             out.append(p)
         elif (path / IMAGE_LIST).is_file():
-            lines = (ln.split("#")[0].split() for ln in (path / IMAGE_LIST).read_text().splitlines())
-            out.extend(str(path / words[0]) for words in lines if words)
+            out.extend(str(path / name) for name in _read_image_list(path / IMAGE_LIST))
         else:
             images = [f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
             out.extend(str(f) for f in sorted(images, key=_natural_key))
     return out
+
+
+def _read_image_list(path: Path) -> list[str]:
+    """The names an ``image_list.txt`` holds: the first word of each line (``#`` starts a comment).
+
+    Bytes that are not UTF-8 (a Latin-1 ``é``) are kept as Python spells such file names
+    (``os.fsdecode``), so the name finds the file it was written for.
+
+    Raises:
+        StitchInputError: the file cannot be read, or holds binary data.
+    """
+    from .config import StitchInputError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StitchInputError(f"cannot read '{printable(path)}': {os_cause(exc)}") from None
+    if b"\x00" in data:
+        raise StitchInputError(f"'{printable(path)}' is not a text list of image names (it holds binary data)")
+    text = data.decode("utf-8", errors="surrogateescape")
+    lines = (ln.split("#")[0].split() for ln in text.splitlines())
+    return [words[0] for words in lines if words]
 
 
 @click.command("stitch")
@@ -147,7 +169,7 @@ def stitch_command(
     from ..geometry import GeometryConfig
     from ..match import MatchConfig
     from ..pipeline import Matcher
-    from ..plot import check_output_path, write_image
+    from ..plot import check_not_an_input, check_output_path, write_image
     from .config import StitchConfig, StitchInputError
     from .stitcher import stitch
 
@@ -155,8 +177,10 @@ def stitch_command(
     if len(files) < 2:
         raise StitchInputError(f"stitching needs at least 2 images, got {len(files)}")
     check_output_path(output, "-o")  # before any work: a bad output path must not cost a whole stitch
+    check_not_an_input(output, "-o", files)
     if plot:
         check_output_path(plot, "--plot")
+        check_not_an_input(plot, "--plot", files + [output])
     matcher = Matcher(
         descriptor,
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
