@@ -348,23 +348,23 @@ def read_image_file(path: str | os.PathLike) -> bytes:
         if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket cannot be opened
             raise ImageReadError(path, "not a regular file (a socket); skipped") from None
         raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
-    with open(fd, "rb", closefd=True) as f:
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise ImageReadError(path, "is a directory, not an image file")
-            kind = special_file(st)
-            if kind is not None or not stat.S_ISREG(st.st_mode):
-                raise ImageReadError(path, f"not a regular file ({kind or 'a special file'}); skipped")
-            if st.st_size == 0:
-                raise ImageReadError(path, "file is empty")
-            if st.st_size > MAX_FILE_BYTES:
-                raise ImageReadError(path, _too_many_bytes(st.st_size))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(path, "is a directory, not an image file")
+        kind = special_file(st)
+        if kind is not None or not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(path, f"not a regular file ({kind or 'a special file'}); skipped")
+        if st.st_size == 0:
+            raise ImageReadError(path, "file is empty")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageReadError(path, _too_many_bytes(st.st_size))
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_FILE_BYTES + 1)
-        except IsADirectoryError:
-            raise ImageReadError(path, "is a directory, not an image file") from None
-        except OSError as exc:
-            raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:  # it grew after the check
         raise ImageReadError(path, _too_many_bytes(len(data)))
     if not data:

@@ -196,9 +196,10 @@ class FeatureCache:
                 f"'{printable(self.path)}' is an HDF5 file that featmatch did not write, not a feature cache; "
                 + _FOREIGN_HINT
             )
-        if mode == "a" and CACHE_MARK not in self._file.attrs:
-            with contextlib.suppress(*_H5_ERRORS):
-                self._file.attrs[CACHE_MARK] = 1
+        if mode == "a":
+            with contextlib.suppress(*_H5_ERRORS):  # damage shows (and is handled) when entries are read
+                if CACHE_MARK not in self._file.attrs:
+                    self._file.attrs[CACHE_MARK] = 1
 
     def _open(self, mode: str):
         h5py = _h5py()

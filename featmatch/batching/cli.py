@@ -31,13 +31,13 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),  # a folder is refused by batch() itself, in one line
     help="RESULTS file (JSON lines, one per pair). If it exists, its finished pairs are skipped.",
 )
 @descriptor_option(DEFAULT_BATCH_DESCRIPTOR)
 @click.option(
     "--cache",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),  # a folder is refused by batch() itself, in one line
     help="HDF5 feature cache [default: <OUTPUT stem>.features.h5 beside OUTPUT].",
 )
 @click.option("--workers", "-j", type=click.IntRange(min=1), help="Processes (local) or Ray CPUs [default: all cores].")
