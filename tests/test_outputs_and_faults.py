@@ -4,6 +4,7 @@ orientation of every format, wrong API types)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -580,3 +581,70 @@ def test_interop_with_a_wrong_type_is_a_config_error():
 def test_file_system_error_names_path_and_cause():
     e = FileSystemError("/x/r.jsonl", OSError(errno.EROFS, "Read-only file system"), "write results to")
     assert str(e) == "cannot write results to '/x/r.jsonl': the disk is read-only" and e.exit_code == 2
+
+
+# -- row 10: worker processes die with the driver, at every moment ------------------------------
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getsid(int(d)) == sid and Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def _starting_worker(sid: int) -> bool:
+    for pid in _session(sid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C to the process group"])
+def test_workers_that_are_still_starting_die_with_the_driver(tmp_path, how):
+    """kill -9 within 0.6 s of the start left a worker and multiprocessing's helper running for
+    minutes; Ctrl-C while the workers started printed tracebacks from each (113 lines)."""
+    import signal
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(4):
+        (folder / f"p{k}.jpg").write_bytes(jpeg_bytes(photo((1280, 960), which=1, shift=60 * k)))
+    err = tmp_path / "err.txt"
+    cmd = [*FEATMATCH, "batch", str(folder), "-o", str(tmp_path / "r.jsonl"), "-d", "sift", "-j", "2", "-q"]
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _starting_worker(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before a worker started"
+        if how == "kill -9":
+            proc.kill()  # while a worker is still importing, before its initializer
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 15
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session(proc.pid) == []  # no worker, no helper left
+    finally:
+        for pid in _session(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    text = err.read_text(errors="replace")
+    if how == "kill -9":
+        assert text == ""  # not even multiprocessing's "leaked semaphore" warning
+    else:
+        assert proc.returncode == 130 and "Traceback" not in text, text
+        assert text.strip().endswith("featmatch: interrupted") and len(stderr_lines(text)) <= 2, text

@@ -249,11 +249,13 @@ def ray_match_chunk(pairs: list[tuple[str, str]], config: BatchConfig, *outcomes
     return [match_pair(p, feats[p[0]], feats[p[1]], config) for p in pairs]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int | None = None) -> None:
     """Pool-worker start: die with the driver (Linux), leave Ctrl-C to the driver, use ``threads`` threads.
 
     Ctrl-C reaches every process of the terminal's group; the driver alone handles it, and
     shuts the pool down in order (a worker that died of it would break the pool mid-task).
+    A driver killed (``kill -9``) while this worker was still starting is caught here: the
+    death signal only covers a parent alive when it is set, so the parent is checked after.
     """
     import signal
 
@@ -261,11 +263,78 @@ def _init_worker(threads: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if driver is not None and os.getppid() != driver:  # the driver died before the line above
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_opencv()
     set_threads(threads)
     _STATE["threads"] = threads
+
+
+@contextlib.contextmanager
+def _launching_workers():
+    """Around a call that may start worker processes (the pool's ``submit``).
+
+    * SIGINT is blocked in this thread: a process inherits its parent's blocked signals
+      across ``exec``, so a worker starts with Ctrl-C blocked and a Ctrl-C to the terminal's
+      process group while it still imports is not a traceback in every worker (its
+      initializer then ignores SIGINT for good);
+    * a Ctrl-C or SIGTERM that reaches the driver meanwhile (through another thread) is held
+      and re-raised afterwards: an interrupt between the start of a worker and the hand-over
+      of its start-up data would leave that worker to fail on a half-written pipe;
+    * the worker's stderr is the null device: a driver killed (``kill -9``) while a worker
+      starts would otherwise leave that worker's ``EOFError`` traceback on the terminal.
+      Workers report every outcome through their results, never on stderr.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    held: list[int] = []
+    before = {}
+    if main:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in before:
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    saved = None
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)
+
+
+def _start_resource_tracker_quietly() -> None:
+    """Start multiprocessing's helper process (it removes the pool's semaphores once every
+    process that used them has ended) with its stderr on the null device.
+
+    After a ``kill -9`` of the driver it has nothing to say but a "leaked semaphore objects"
+    warning, which it would print on the user's terminal after the shell prompt came back;
+    its clean-up is the same either way.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from multiprocessing import resource_tracker
+
+    if getattr(resource_tracker._resource_tracker, "_fd", None) is not None:
+        return  # already running (an earlier pool of this process)
+    with contextlib.suppress(OSError, AttributeError, ValueError), _launching_workers():
+        resource_tracker.ensure_running()
 
 
 class LocalBackend:
@@ -300,12 +369,14 @@ class LocalBackend:
             import multiprocessing
 
             # spawn, not fork: the driver may already run OpenMP (FAISS) threads, which do not survive a fork.
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self.threads,),
-            )
+            _start_resource_tracker_quietly()
+            with _launching_workers():
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(self.threads, os.getpid()),
+                )
 
     def close(self) -> None:
         if self._pool is not None:
@@ -331,7 +402,8 @@ class LocalBackend:
         try:
             while True:
                 for args in it:
-                    pending.add(self._pool.submit(fn, *args))
+                    with _launching_workers():  # a submit may start a worker process
+                        pending.add(self._pool.submit(fn, *args))
                     if len(pending) >= limit:
                         break
                 if not pending:
