@@ -465,6 +465,26 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
 
 
+def _signal_handlers() -> dict:
+    """This process's SIGINT and SIGTERM handlers (main thread only: elsewhere none can change)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    """Put back what :func:`_signal_handlers` saw, so that SIGTERM still stops a run like Ctrl-C
+    (finished pairs kept, exit code 130, Ray shut down by :meth:`RayBackend.close`)."""
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 class RayBackend:
     """The same work as Ray tasks, on a local Ray instance or a running cluster.
 
@@ -498,12 +518,15 @@ class RayBackend:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             if self.address is not None:
                 _check_reachable(self.address)
+            handlers = _signal_handlers()  # ray.init installs its own SIGTERM handler: exit 15 and a stack dump
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError) as exc:
                 cause = exc.__cause__
                 why = f"{exc}" + (f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})" if cause else "")
                 raise ConfigError(f"cannot connect to the Ray cluster at '{self.address}': {why[:400]}") from None
+            finally:
+                _restore_signal_handlers(handlers)
             self._owns = True
         self._features_task = ray.remote(num_cpus=1)(ray_compute_features)
         self._match_task = ray.remote(num_cpus=1)(ray_match_chunk)
