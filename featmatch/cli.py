@@ -181,12 +181,13 @@ def match_command(
     from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
     from .pipeline import Matcher
-    from .plot import check_not_an_input, check_output_path
+    from .plot import check_not_an_input, check_output_path, remove_stale_temporaries
 
     for option, target in (("--plot", plot), ("--warp", warp)):
         if target:  # before any work: a bad output path must not cost a whole match
             check_output_path(target, option)
             check_not_an_input(target, option, [img1, img2])
+            _warn_removed(remove_stale_temporaries(target))
     if plot and warp:
         check_not_an_input(warp, "--warp", [plot])
 
@@ -243,6 +244,11 @@ def match_command(
         if not result.ok:
             click.echo(f"featmatch: no reliable homography: {result.reason}", err=True)
             sys.exit(EXIT_NO_HOMOGRAPHY)
+
+
+def _warn_removed(files) -> None:
+    for f in files:
+        click.echo(f"featmatch: warning: removed '{printable(f)}', left by an interrupted write", err=True)
 
 
 @contextlib.contextmanager

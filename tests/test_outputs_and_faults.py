@@ -648,3 +648,45 @@ def test_workers_that_are_still_starting_die_with_the_driver(tmp_path, how):
     else:
         assert proc.returncode == 130 and "Traceback" not in text, text
         assert text.strip().endswith("featmatch: interrupted") and len(stderr_lines(text)) <= 2, text
+
+
+# -- row 11: no temporary file left beside an output ---------------------------------------------
+
+
+def test_sigterm_during_an_atomic_write_leaves_no_temporary_file(tmp_path):
+    """kill (SIGTERM) of stitch / match --warp while the output was written left a hidden
+    2-3 MB '.p.png.*.tmp' beside it."""
+    code = (
+        "import os, signal, sys\n"
+        "from featmatch import plot\n"
+        "real = os.fsync\n"
+        "def killed_meanwhile(fd):\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    return real(fd)\n"
+        "os.fsync = killed_meanwhile\n"
+        "try:\n"
+        "    plot.write_bytes_atomically(sys.argv[1], b'x' * 3_000_000)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    target = tmp_path / "p.png"
+    res = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130, res.stderr
+    assert list(tmp_path.iterdir()) == []  # neither a half output nor the temporary file
+
+
+def test_the_next_run_names_and_removes_a_killed_writes_temporary_file(tmp_path):
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(jpeg_bytes(photo(which=1)))
+    b.write_bytes(jpeg_bytes(photo(which=1, shift=60)))
+    stale = tmp_path / ".m.png.0123abcd.tmp"  # what kill -9 mid-write leaves
+    stale.write_bytes(b"x" * 1000)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".m.png.89abcdef.tmp"  # may belong to a write running now: kept
+    fresh.write_bytes(b"y")
+    res = CliRunner().invoke(cli, ["match", str(a), str(b), "-d", "sift", "--plot", str(tmp_path / "m.png")])
+    assert res.exit_code == 0, res.output
+    (line,) = stderr_lines(res.stderr)
+    assert line == f"featmatch: warning: removed '{stale}', left by an interrupted write"
+    assert not stale.exists() and fresh.exists() and (tmp_path / "m.png").is_file()

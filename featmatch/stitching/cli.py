@@ -169,7 +169,7 @@ def stitch_command(
     from ..geometry import GeometryConfig
     from ..match import MatchConfig
     from ..pipeline import Matcher
-    from ..plot import check_not_an_input, check_output_path, write_image
+    from ..plot import check_not_an_input, check_output_path, remove_stale_temporaries, write_image
     from .config import StitchConfig, StitchInputError
     from .stitcher import stitch
 
@@ -181,6 +181,8 @@ def stitch_command(
     if plot:
         check_output_path(plot, "--plot")
         check_not_an_input(plot, "--plot", files + [output])
+    for leftover in remove_stale_temporaries(output) + (remove_stale_temporaries(plot) if plot else []):
+        click.echo(f"featmatch: warning: removed '{printable(leftover)}', left by an interrupted write", err=True)
     matcher = Matcher(
         descriptor,
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
