@@ -690,3 +690,54 @@ def test_the_next_run_names_and_removes_a_killed_writes_temporary_file(tmp_path)
     (line,) = stderr_lines(res.stderr)
     assert line == f"featmatch: warning: removed '{stale}', left by an interrupted write"
     assert not stale.exists() and fresh.exists() and (tmp_path / "m.png").is_file()
+
+
+# -- row 9: a Ray batch stopped by SIGTERM or kill -9 leaves nothing running ----------------------
+
+
+def _ray_task_running(sid: int) -> bool:
+    for pid in _session(sid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ray_"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "kill -9"])
+def test_a_stopped_ray_batch_leaves_no_ray_process(tmp_path, how):
+    """SIGTERM: exit 15 and Ray's native stack dump (Ray had replaced featmatch's handler);
+    kill -9: ray::DashboardAgent and ray::RuntimeEnvAgent still running 30 s later."""
+    import signal
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'featmatch[ray]')")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(6):
+        (folder / f"p{k}.jpg").write_bytes(jpeg_bytes(photo((1280, 960), which=1, shift=60 * k)))
+    err = tmp_path / "err.txt"
+    cmd = [*FEATMATCH, "batch", str(folder), "-o", str(tmp_path / "r.jsonl"), "-d", "sift", "-j", "2", "-q"]
+    with open(err, "wb") as e:
+        proc = subprocess.Popen([*cmd, "--backend", "ray"], stdout=subprocess.DEVNULL, stderr=e, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not _ray_task_running(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, err.read_text(errors="replace")
+        proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 30
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:40] for pid in _session(proc.pid)}
+        assert left == {}
+    finally:
+        for pid in _session(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    text = err.read_text(errors="replace")
+    assert "Traceback" not in text and "SIGTERM received" not in text, text
+    if how == "SIGTERM":
+        assert proc.returncode == 130 and text.strip().endswith("featmatch: interrupted"), text

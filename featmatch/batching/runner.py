@@ -465,6 +465,81 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
 
 
+#: A watcher of the driver, in its own small process: when the driver ends, even by ``kill -9``,
+#: it kills what remains of the local Ray instance the driver started (Ray's dashboard and
+#: runtime-env agents outlive a killed driver by minutes otherwise). It only ever kills Ray's
+#: processes that it saw descend from the driver, checked by start time (no reused process id).
+_REAPER = r"""
+import os, signal, sys, time
+driver = int(sys.argv[1])
+me = os.getpid()
+ended = []
+signal.signal(signal.SIGTERM, lambda *a: ended.append(1))
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+def is_ray(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ray" in f.read()
+    except OSError:
+        return False
+def tree(pids):
+    seen, todo = {}, list(pids)
+    while todo:
+        pid = todo.pop()
+        when = started(pid)
+        if pid in seen or when is None or pid == me:
+            continue
+        seen[pid] = when
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return seen
+known = {}
+while not ended and os.getppid() == driver:
+    known = {p: w for p, w in known.items() if started(p) == w}
+    known.update((p, w) for p, w in tree([driver, *known]).items() if p != driver and is_ray(p))
+    time.sleep(0.5)
+for pid, when in known.items():
+    if started(pid) == when:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _start_ray_reaper():
+    """Start :data:`_REAPER` for the Ray processes this driver starts (Linux only); its ``Popen`` or None."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the terminal's group is not for it
+        )
+    except OSError:
+        return None
+
+
 def _signal_handlers() -> dict:
     """This process's SIGINT and SIGTERM handlers (main thread only: elsewhere none can change)."""
     import signal
@@ -507,6 +582,7 @@ class RayBackend:
         self._owns = False
         self._refs: dict = {}
         self._started = False
+        self._reaper = None
 
     def start(self) -> None:
         if self._started:
@@ -518,6 +594,8 @@ class RayBackend:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             if self.address is not None:
                 _check_reachable(self.address)
+            if self.address is None:  # started first: a kill during ray.init leaves nothing either
+                self._reaper = _start_ray_reaper()
             handlers = _signal_handlers()  # ray.init installs its own SIGTERM handler: exit 15 and a stack dump
             try:
                 ray.init(address=self.address, **kwargs)
@@ -543,6 +621,10 @@ class RayBackend:
             self.ray.shutdown()
         self._owns = False
         self._started = False
+        if self._reaper is not None:  # Ray is shut down: nothing left for it to watch
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper = None
 
     def _get(self, refs):
         try:
