@@ -655,7 +655,8 @@ def main() -> int:
     stats = run(args.count, args.seed, args.verbose, families)
     print(
         f"fuzz: {args.count} inputs, ok {stats['ok']}, input-error {stats['input-error']}, "
-        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s); "
+        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s, "
+        f"peak memory {_peak_mb():.0f} MB); "
         + ", ".join(f"{f} {families[f]}" for f in FAMILIES)
     )
     return 1 if stats["failure"] else 0
