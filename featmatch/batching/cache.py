@@ -285,7 +285,8 @@ class FeatureCache:
         try:
             if key not in self._file:
                 return None
-            return str(self._file[key].attrs.get("fingerprint", "")) or None
+            value = self._file[key].attrs.get("fingerprint", "")
+            return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)) or None
         except _H5_ERRORS as exc:
             raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
@@ -364,9 +365,12 @@ class FeatureCache:
         g.attrs["name"] = name_attribute(name)
         g.attrs["image_shape"] = np.asarray(features.image_shape, np.int64)
         g.attrs["det_scale"] = float(k.scale)
-        g.attrs["image_fingerprint"] = image_fingerprint
-        g.attrs["feature_fingerprint"] = feature_fingerprint
-        g.attrs["fingerprint"] = entry_fingerprint(image_fingerprint, feature_fingerprint)
+        # fixed-length bytes, stored in the attribute itself: a variable-length string lives in
+        # HDF5's global heap, and reading one from a damaged heap can loop forever inside HDF5
+        # (found by scripts/fuzz.py), where no Python timeout can stop it
+        g.attrs["image_fingerprint"] = np.bytes_(image_fingerprint)
+        g.attrs["feature_fingerprint"] = np.bytes_(feature_fingerprint)
+        g.attrs["fingerprint"] = np.bytes_(entry_fingerprint(image_fingerprint, feature_fingerprint))
         self._lru.pop(name, None)
 
     def flush(self) -> None:
