@@ -28,7 +28,7 @@ import time
 import click
 
 from . import __version__
-from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, printable
+from .errors import EXIT_BUG, EXIT_NO_HOMOGRAPHY, FeatmatchError, os_cause, os_condition, printable
 from .options import descriptor_option, max_tilt_option, pipeline_options, progress_option, show_progress
 
 #: Subcommands living in other modules: name -> "module:attribute", imported on first use.
@@ -101,15 +101,28 @@ class FeatmatchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("featmatch: interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if os_condition(exc.errno) is None:  # not the machine's state: a bug, as below
+                _internal_error(ctx, exc)
+            # the machine's state (full or read-only disk, permissions, too many open files):
+            # one line naming the path and the cause, exit 2, whatever code path met it
+            where = f"'{printable(exc.filename)}'" if exc.filename else "a file"
+            click.echo(f"featmatch: error: cannot use {where}: {os_cause(exc)}", err=True)
+            ctx.exit(2)
         except Exception as exc:  # anything else is our bug: say so in one line
-            if os.environ.get("FEATMATCH_DEBUG"):
-                raise
-            click.echo(
-                f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {printable(exc)} "
-                "(set FEATMATCH_DEBUG=1 for the traceback)",
-                err=True,
-            )
-            ctx.exit(EXIT_BUG)
+            _internal_error(ctx, exc)
+
+
+def _internal_error(ctx: click.Context, exc: BaseException) -> None:
+    """Anything unexpected is featmatch's bug: one line, exit code 1 (the traceback with FEATMATCH_DEBUG=1)."""
+    if os.environ.get("FEATMATCH_DEBUG"):
+        raise exc
+    click.echo(
+        f"featmatch: internal error (a bug, please report it): {type(exc).__name__}: {printable(exc)} "
+        "(set FEATMATCH_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    ctx.exit(EXIT_BUG)
 
 
 def _module_exists(module: str) -> bool:
@@ -200,11 +213,15 @@ def match_command(
     from .imageio import load_image, native_stderr_silenced
     from .match import MatchConfig
     from .pipeline import Matcher
-    from .plot import check_output_path
+    from .plot import check_not_an_input, check_output_path, remove_stale_temporaries
 
     for option, target in (("--plot", plot), ("--warp", warp)):
         if target:  # before any work: a bad output path must not cost a whole match
             check_output_path(target, option)
+            check_not_an_input(target, option, [img1, img2])
+            _warn_removed(remove_stale_temporaries(target))
+    if plot and warp:
+        check_not_an_input(warp, "--warp", [plot])
 
     # One pair in a short-lived process: the cyclic garbage collector only costs time here
     # (while torch is imported); reference counting still frees every array. It is switched
@@ -270,6 +287,11 @@ def match_command(
                     err=True,
                 )
             sys.exit(EXIT_NO_HOMOGRAPHY)
+
+
+def _warn_removed(files) -> None:
+    for f in files:
+        click.echo(f"featmatch: warning: removed '{printable(f)}', left by an interrupted write", err=True)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_type
 
 #: Default number of strongest keypoints kept per image.
 DEFAULT_MAX_KEYPOINTS = 4000
@@ -34,6 +34,17 @@ DEFAULT_MAX_SIDE = 2048
 C_INT_MAX = 2**31 - 1
 #: Largest ``max_tilt`` accepted (ASIFT's own limit: 80 degrees of viewpoint change).
 MAX_TILT_LIMIT = 5.7
+
+#: The type each :class:`DetectConfig` field takes (checked first: ``"1000"`` is refused by name).
+_DETECT_TYPES = {
+    "max_keypoints": "int",
+    "max_side": "int",
+    "contrast_threshold": "number",
+    "edge_threshold": "number",
+    "with_sift": "bool",
+    "max_tilt": "number",
+    "view_keypoints": "int",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class DetectConfig:
     view_keypoints: int = 0
 
     def __post_init__(self) -> None:
+        for name, kind in _DETECT_TYPES.items():
+            check_type(name, getattr(self, name), kind)
         if self.view_keypoints < 0:
             raise ConfigError(f"view_keypoints must be 0 (same as max_keypoints) or more, got {self.view_keypoints}")
         if not 1.0 <= self.max_tilt <= MAX_TILT_LIMIT:

@@ -74,3 +74,82 @@ class DegenerateHomographyError(FeatmatchError):
     """A homography was estimated but failed a sanity check (flip, fold, absurd scale)."""
 
     exit_code = EXIT_NO_HOMOGRAPHY
+
+
+class FileSystemError(FeatmatchError):
+    """The operating system refused a read or a write: a full disk, a read-only disk, a
+    permission, too many open files. The message names the path and the cause in one line."""
+
+    def __init__(self, path: object, cause: BaseException | int | str, doing: str = "write", hint: str = ""):
+        self.path = str(path)
+        self.errno = cause if isinstance(cause, int) else getattr(cause, "errno", None)
+        self.cause = os_cause(cause)
+        super().__init__(f"cannot {doing} '{printable(path)}': {self.cause}" + (f"; {hint}" if hint else ""))
+
+
+#: errno values that describe the machine's state (not damaged data): the same command works
+#: again once the disk has space, is writable, or the process may open more files.
+_OS_CONDITIONS = {
+    "ENOSPC": "no space left on the disk (the disk is full)",
+    "EDQUOT": "disk quota exceeded",
+    "EROFS": "the disk is read-only",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+    "EMFILE": "too many open files (raise 'ulimit -n')",
+    "ENFILE": "too many open files in the system",
+    "EFBIG": "file too large for this file system (or 'ulimit -f')",
+    "EIO": "input/output error (a failing disk or a lost network mount?)",
+}
+
+
+def os_condition(code: int | None) -> str | None:
+    """The user-facing cause of an errno that describes the machine's state, else None."""
+    import errno as errno_module
+
+    name = errno_module.errorcode.get(code) if isinstance(code, int) else None
+    return _OS_CONDITIONS.get(name) if name else None
+
+
+def os_cause(cause: BaseException | int | str) -> str:
+    """One line saying why the OS refused: a known condition in plain words, else its own text."""
+    if isinstance(cause, str):
+        return cause
+    code = cause if isinstance(cause, int) else getattr(cause, "errno", None)
+    known = os_condition(code)
+    if known:
+        return known
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def check_type(name: str, value: object, kind: str) -> None:
+    """Refuse, before any work, an argument of the wrong type (``"0.8"`` for a number, ``True``
+    or ``1000.5`` for a count).
+
+    Args:
+        name: the argument, as the caller spelled it.
+        kind: ``int`` (a whole number, not a bool), ``number`` (int or float, not a bool),
+            ``bool`` or ``str``.
+
+    Raises:
+        ConfigError: naming ``name``, what it takes, and what it got.
+    """
+    import numbers
+
+    if kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+        want = "a whole number"
+    elif kind == "number":
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+        want = "a number"
+    elif kind == "bool":
+        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+        want = "True or False"
+    elif kind == "str":
+        ok = isinstance(value, str)
+        want = "a string"
+    else:  # pragma: no cover - a programming error
+        raise ValueError(f"unknown kind {kind!r}")
+    if not ok:
+        raise ConfigError(f"{name} must be {want}, got {type(value).__name__} {printable(repr(value))[:60]}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_type
 
 #: name -> OpenCV robust estimator flag.
 METHODS = {
@@ -57,6 +57,11 @@ class GeometryConfig:
     min_support: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("threshold", "confidence", "min_inlier_ratio", "max_scale_change", "min_support"):
+            check_type(name, getattr(self, name), "number")
+        for name in ("max_iters", "min_inliers"):
+            check_type(name, getattr(self, name), "int")
+        check_type("method", self.method, "str")
         if not 0.0 <= self.min_support < 1.0:
             raise ConfigError(f"min_support must be in [0, 1), got {self.min_support}")
         if self.method not in METHODS:

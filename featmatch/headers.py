@@ -183,3 +183,66 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             except (struct.error, IndexError, ValueError):
                 return None
     return None
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 of a TIFF-structured EXIF block, or None."""
+    if tiff[:6] == b"Exif\x00\x00":  # some writers keep the JPEG APP1 prefix
+        tiff = tiff[6:]
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    end = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(end + "I", tiff, 4)
+    if ifd + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(end + "H", tiff, ifd)
+    for k in range(min(count, 512)):
+        at = ifd + 2 + 12 * k
+        if at + 12 > len(tiff):
+            return None
+        tag, kind = struct.unpack_from(end + "HH", tiff, at)
+        if tag == 0x0112 and kind == 3:  # SHORT
+            (value,) = struct.unpack_from(end + "H", tiff, at + 8)
+            return value if 1 <= value <= 8 else None
+    return None
+
+
+def _png_exif(data: bytes) -> bytes | None:
+    i = 8
+    while i + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, i)
+        if kind == b"eXIf":
+            return data[i + 8 : i + 8 + length]
+        if kind == b"IEND":
+            return None
+        i += 12 + length
+    return None
+
+
+def _webp_exif(data: bytes) -> bytes | None:
+    i = 12
+    while i + 8 <= len(data):
+        kind, length = struct.unpack_from("<4sI", data, i)
+        if kind == b"EXIF":
+            return data[i + 8 : i + 8 + length]
+        i += 8 + length + (length & 1)  # chunks are padded to an even size
+    return None
+
+
+def exif_orientation(data: bytes) -> int | None:
+    """The EXIF orientation (1..8) a PNG (``eXIf`` chunk) or WebP (``EXIF`` chunk) file carries.
+
+    OpenCV applies it itself for JPEG and TIFF, and for PNG only when the alpha channel is
+    dropped; featmatch decodes PNG and WebP with their alpha, so it applies this value itself.
+    None when the file has none (or is another format).
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            block = _png_exif(data)
+        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            block = _webp_exif(data)
+        else:
+            return None
+        return _tiff_orientation(block) if block else None
+    except struct.error:
+        return None

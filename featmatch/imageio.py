@@ -6,8 +6,10 @@ Only OpenCV is used here so that the SIFT path never imports torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageReadError
-from .headers import header_size
+from .headers import exif_orientation, header_size
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
@@ -211,8 +213,8 @@ def _opencv_reason(exc: cv2.error) -> str:
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode encoded image bytes with OpenCV, after checking the size its header declares.
 
-    JPEGs are decoded with their EXIF orientation applied; other formats keep their alpha
-    channel (composited over mid-grey by :func:`image_from_bytes`). An image whose header
+    Images are turned upright as their EXIF orientation says (JPEG, TIFF, PNG, WebP); formats
+    other than JPEG keep their alpha channel (composited over mid-grey by :func:`image_from_bytes`). An image whose header
     claims more than :data:`MAX_PIXELS` is refused before any pixel is decoded.
 
     Raises:
@@ -235,7 +237,29 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise ImageReadError(name, _opencv_reason(exc)) from None
     if arr is None or arr.size == 0:
         raise ImageReadError(name, "not a readable image (unknown format, or the file is corrupt or truncated)")
+    if not is_jpeg:
+        arr = apply_orientation(arr, exif_orientation(data))
     return arr
+
+
+def apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
+    """``arr`` turned upright as the EXIF ``orientation`` (1..8) says (a view; None or 1: as is).
+
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+    8 rotate 90 counter-clockwise: what OpenCV does for a JPEG.
+    """
+    if orientation is None or orientation == 1:
+        return arr
+    turn = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: a.swapaxes(0, 1)[::-1],
+    }.get(orientation)
+    return arr if turn is None else turn(arr)
 
 
 def image_from_bytes(data: bytes, name: str) -> Image:
@@ -274,24 +298,82 @@ def load_image(image: ImageLike) -> Image:
     if not isinstance(image, (str, os.PathLike)):
         raise ImageReadError(repr(image), f"expected a path or a numpy array, got {type(image).__name__}")
     path = Path(image)
-    try:
-        if not path.exists():
-            raise ImageReadError(path, "no such file")
-        if path.is_dir():
-            raise ImageReadError(path, "is a directory, not an image file")
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageReadError(path, "file is empty")
-        if size > MAX_FILE_BYTES:
-            raise ImageReadError(path, f"file is {size / 1e6:.0f} MB; at most {MAX_FILE_BYTES / 1e6:.0f} MB is read")
-        data = path.read_bytes()
-    except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    data = read_image_file(path)
     arr = decode_image(data, str(path))
     del data
     return _from_array(arr, str(path), composite=True)
+
+
+#: What a path that is not a regular file is, by ``stat.S_IS*`` test.
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(st: os.stat_result) -> str | None:
+    """What a file that is neither a regular file nor a folder is (``a named pipe (FIFO)``), else None."""
+    for test, kind in _SPECIAL_KINDS:
+        if test(st.st_mode):
+            return kind
+    return None
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """An image file's bytes, read only if it is a regular file of at most :data:`MAX_FILE_BYTES`.
+
+    A device (``/dev/zero`` reads forever), a named pipe (opening it waits for a writer) or a
+    socket is refused without reading it; so is a file larger than the cap (a sparse file of
+    gigabytes costs nothing on disk and all of it in memory). The file is opened without
+    blocking and checked through the open descriptor, so a file swapped after a check is
+    still caught. Both ``match`` and ``batch`` read images through this function.
+
+    Raises:
+        ImageReadError: missing (or a broken link, a link loop), a folder, not a regular file,
+            empty, too large, or unreadable; the message names the path.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        why = "broken symbolic link (its target does not exist)" if path.is_symlink() else "no such file"
+        raise ImageReadError(path, why) from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(path, "symbolic link loop (the link leads back to itself)") from None
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket cannot be opened
+            raise ImageReadError(path, "not a regular file (a socket); skipped") from None
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(path, "is a directory, not an image file")
+        kind = special_file(st)
+        if kind is not None or not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(path, f"not a regular file ({kind or 'a special file'}); skipped")
+        if st.st_size == 0:
+            raise ImageReadError(path, "file is empty")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageReadError(path, _too_many_bytes(st.st_size))
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:  # it grew after the check
+        raise ImageReadError(path, _too_many_bytes(len(data)))
+    if not data:
+        raise ImageReadError(path, "file is empty")
+    return data
+
+
+def _too_many_bytes(size: int) -> str:
+    return f"file is {size / 1e6:.0f} MB; at most {MAX_FILE_BYTES / 1e6:.0f} MB is read"
 
 
 def quiet_opencv() -> None:

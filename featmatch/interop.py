@@ -33,6 +33,14 @@ from .imageio import Image, ImageLike, load_image
 __all__ = ["to_cv_keypoints", "from_cv_keypoints", "to_kornia_lafs", "to_cv_matches"]
 
 
+def _check_keypoints(keypoints: object) -> None:
+    if not isinstance(keypoints, Keypoints):
+        hint = " (pass features.keypoints)" if hasattr(keypoints, "keypoints") else ""
+        raise ConfigError(
+            f"keypoints must be featmatch Keypoints (Features.keypoints), got {type(keypoints).__name__}{hint}"
+        )
+
+
 def _frame_size_angle(keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray]:
     """``size`` and ``angle`` per keypoint in the image, with simulated-view frames folded in."""
     size = keypoints.size.astype(np.float32)
@@ -65,7 +73,11 @@ def to_cv_keypoints(keypoints: Keypoints) -> list[cv2.KeyPoint]:
         simulated views; SIFT descriptors read it); ``class_id`` is the keypoint's index.
         For a simulated-view keypoint, ``size`` and ``angle`` approximate its affine frame
         (see the module doc).
+
+    Raises:
+        ConfigError: ``keypoints`` is not a :class:`~featmatch.detect.Keypoints`.
     """
+    _check_keypoints(keypoints)
     size, angle = _frame_size_angle(keypoints)
     xy = keypoints.xy.astype(np.float32)
     detected = keypoints.cv_keypoints
@@ -128,6 +140,7 @@ def to_kornia_lafs(keypoints: Keypoints, magnification: float | None = None):
     Raises:
         ConfigError: PyTorch is not installed (the message says how to install it).
     """
+    _check_keypoints(keypoints)
     from .engines import require_torch
 
     require_torch("featmatch.to_kornia_lafs")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_type
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class MatchConfig:
     mutual: bool = False
 
     def __post_init__(self) -> None:
+        check_type("ratio", self.ratio, "number")
+        check_type("mutual", self.mutual, "bool")
         if not 0.0 < self.ratio <= 1.0:
             raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}")
 

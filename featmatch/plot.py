@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import FeatmatchError, printable
+from .errors import FeatmatchError, os_cause, printable
 
 GREEN = (60, 200, 60)
 RED = (40, 40, 230)
@@ -145,17 +147,100 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes | memoryview) ->
         OSError: the folder is not writable, the disk is full, ...
     """
     path = Path(path)
-    fd, tmp = _create_temporary(path)
+    with _termination_as_interrupt():  # SIGTERM mid-write: the temporary file is removed too
+        fd, tmp = _create_temporary(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt here (the CLI's exit code 130), so that cleanup runs.
+
+    Only where SIGTERM would otherwise end the process at once (its default action, in the
+    main thread): a handler someone installed (``featmatch batch`` has one) is left alone.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+#: A temporary file beside an output that is older than this is left over from a killed write.
+STALE_TEMPORARY_S = 60.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike, older_than: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove the temporary files a killed write of ``path`` left beside it (``.NAME.xxxxxxxx.tmp``).
+
+    A write that is killed outright (``kill -9``, a power cut) cannot remove its temporary
+    file; the next write to the same path does, when it is older than ``older_than`` seconds
+    (a younger one may belong to a write running now). The output itself is never half
+    written: the rename is atomic.
+
+    Returns:
+        The files removed (the CLI names each in a warning).
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp$")
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.match(entry.name):
+            continue
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def check_not_an_input(target: str | None, option: str, inputs: list[str]) -> None:
+    """Refuse an output path that is one of the inputs (``stitch a.jpg b.jpg -o a.jpg``), before any work.
+
+    Raises:
+        FeatmatchError: (exit code 2) naming the option and the input.
+    """
+    if not target:
+        return
+
+    def identity(p: str) -> tuple:
+        try:
+            st = os.stat(p)
+            return ("inode", st.st_dev, st.st_ino)
+        except OSError:
+            return ("path", os.path.realpath(p))
+
+    mine = identity(target)
+    for p in inputs:
+        if identity(p) == mine:
+            raise FeatmatchError(
+                f"{option} '{printable(target)}' is the input image '{printable(p)}': featmatch never writes over "
+                f"its inputs; give another {option}"
+            )
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -181,4 +266,4 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     try:
         write_bytes_atomically(path, memoryview(buf.reshape(-1)))
     except OSError as exc:
-        raise FeatmatchError(f"cannot write '{shown}': {exc.strerror or exc}") from None
+        raise FeatmatchError(f"cannot write '{shown}': {os_cause(exc)}") from None

@@ -15,7 +15,21 @@ Every input must end in success (exit 0), a clean input error (exit 2) or "no ho
   pair gets a result line, those of the flat image ``"homography": null``;
 * ``damaged-cache``: a finished batch whose HDF5 cache is then truncated, zeroed, overwritten
   or has flipped bytes: the rerun keeps every finished line and completes (or stops with one
-  line and completes the time after).
+  line and completes the time after; a cache overwritten by bytes that are not HDF5 is
+  refused untouched, and ``--force`` then rebuilds it);
+* ``output-clash``: a batch whose RESULTS or cache path is an existing image, a text file, a
+  JSON-lines file of another program, an input image, the list file, a folder, or the same
+  path twice: refused with one line (exit 2) and every byte of every file unchanged;
+* ``special-file``: a list file naming ``/dev/zero``, ``/dev/urandom``, a FIFO or a sparse file
+  of gigabytes beside real images: finishes (exit 0) with a warning each, in little memory;
+* ``changed-mid-run``: an image replaced after the batch fingerprinted it, and restored after
+  the run: the next run recomputes it (no stale features trusted);
+* ``full-disk``: the disk fills up (ENOSPC) at a random write of RESULTS: one line (exit 2),
+  no partial line, and the same command finishes with every pair once;
+* ``orientation``: a PNG, WebP or JPEG carrying an EXIF orientation 1-8: decoded upright,
+  as OpenCV turns a JPEG with the same orientation;
+* ``wrong-type``: API calls with arguments of the wrong type (``ratio="0.8"``,
+  ``batch(None)``, ...): :class:`featmatch.ConfigError` naming the argument, nothing else.
 
     python scripts/fuzz.py --count 10000            # the long run
     python scripts/fuzz.py --count 300 --seed 1     # what the test suite runs
@@ -55,7 +69,10 @@ MAX_PIXELS = 200_000_000
 #: Out of every 20 inputs: how many of each family (the rest are ``mutated``).
 FAMILY_SLOTS = {3: "lying-header", 13: "lying-header", 7: "non-utf8-name", 17: "non-utf8-name"}
 FAMILY_SLOTS.update({9: "batch-no-keypoints", 19: "damaged-cache"})
+FAMILY_SLOTS.update({1: "output-clash", 5: "wrong-type", 11: "special-file", 15: "orientation"})
+FAMILY_SLOTS.update({2: "changed-mid-run", 12: "full-disk"})
 FAMILIES = ("mutated", "lying-header", "non-utf8-name", "batch-no-keypoints", "damaged-cache")
+FAMILIES += ("output-clash", "special-file", "changed-mid-run", "full-disk", "orientation", "wrong-type")
 
 
 def seed_files(rng: np.random.Generator) -> list[bytes]:
@@ -185,13 +202,14 @@ def _match_input(runner, cli, path: Path, partner: Path, extra: list | None = No
     return code, text
 
 
-def _batch_outcome(folder: Path, out: Path, names: set[str], flat: str | None) -> tuple[int, str]:
+def _batch_outcome(folder: Path, out: Path, names: set[str], flat: str | None, force: bool = False) -> tuple[int, str]:
     """Run a batch over ``folder``; check that every pair has one line (the flat image's: null)."""
     import featmatch
     from featmatch.errors import FeatmatchError
 
     try:
-        results = list(featmatch.batch(folder, "exhaustive", out, descriptor="sift", workers=1, max_keypoints=300))
+        run = featmatch.batch(folder, "exhaustive", out, descriptor="sift", workers=1, max_keypoints=300, force=force)
+        results = list(run)
     except FeatmatchError as exc:
         return 2, str(exc)
     except Exception as exc:  # the fuzz target: any other exception is a failure
@@ -282,6 +300,8 @@ def one_input(i, family, ctx) -> tuple[int, str, bytes]:
         if code == 0 and not warp.is_file():
             return 1, f"exit 0 but the warp {warp!r} was not written", data
         return code, text, data
+    if family in ROUND3:
+        return ROUND3[family](i, ctx)
     folder = _batch_folder(tmp, i, seeds, rng, ctx["partner"])
     data = (folder / "m.jpg").read_bytes()
     if family == "non-utf8-name" or rng.integers(0, 3) == 0:
@@ -300,9 +320,284 @@ def one_input(i, family, ctx) -> tuple[int, str, bytes]:
     code, text = _batch_outcome(folder, out, names, "flat.png")
     if code == 2 and "run the same command again" in text:  # stopped with one line: the next run completes
         code, text = _batch_outcome(folder, out, names, "flat.png")
+    if code == 2 and "--force" in text:  # not HDF5 at all: refused untouched; --force rebuilds it
+        if cache.read_bytes() != data:
+            return 1, "a cache refused as not HDF5 was changed", data
+        code, text = _batch_outcome(folder, out, names, "flat.png", force=True)
     if code == 0 and not out.read_bytes().startswith(finished):
         return 1, "finished RESULTS lines were lost after the cache was damaged", data
     return (1 if code == 2 else code), text, data
+
+
+def _pair_folder(tmp: Path, ctx, count: int = 3) -> Path:
+    """A fresh folder of ``count`` overlapping small photos (``p0.png`` ...)."""
+    folder = tmp / "r3"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for k in range(count):
+        cv2.imwrite(str(folder / f"p{k}.png"), np.roll(ctx["partner"], 12 * k, axis=1))
+    return folder
+
+
+def _batch_cli(ctx, args: list) -> tuple[int, str]:
+    code, text, err = _invoke(ctx["runner"], ctx["cli"], ["batch", *map(str, args), "-d", "sift", "-j", "1", "-q"])
+    if code == 2 and err.count("\n") != 1:
+        return 1, f"exit 2 with {err.count(chr(10))} lines on stderr: {err[:300]}"
+    return code, text
+
+
+def fuzz_output_clash(i, ctx) -> tuple[int, str, bytes]:
+    """RESULTS or cache on a file that is not featmatch's, an input, a folder, or both on one path."""
+    rng, tmp = ctx["rng"], ctx["tmp"]
+    folder = _pair_folder(tmp, ctx)
+    listing = tmp / "r3-list.txt"
+    listing.write_text("".join(f"r3/p{k}.png\n" for k in range(3)))
+    other = tmp / "r3-other"
+    shutil.rmtree(other, ignore_errors=True)
+    other.mkdir()
+    kinds = {
+        "image": lambda p: p.write_bytes(ctx["seeds"][int(rng.integers(0, len(ctx["seeds"])))]),
+        "text": lambda p: p.write_bytes(b"notes\nlast line without a newline"),
+        "jsonl": lambda p: p.write_bytes(b'{"event": 1}\n{"event": 2}\n'),
+        "hdf5-like": lambda p: p.write_bytes(b"\x89HDX" + rng.bytes(100)),
+        "binary": lambda p: p.write_bytes(rng.bytes(int(rng.integers(1, 3000)))),
+    }
+    kind = list(kinds)[int(rng.integers(0, len(kinds)))]
+    source: Path = listing if rng.integers(0, 2) else folder
+    target = other / f"t{int(rng.integers(0, 1000))}{['.png', '.txt', '.jsonl', '.h5', ''][int(rng.integers(0, 5))]}"
+    kinds[kind](target)
+    case = int(rng.integers(0, 6))
+    args: list = [source]
+    if case == 0:
+        args += ["-o", target]
+    elif case == 1:
+        args += ["-o", other / "r.jsonl", "--cache", target]
+    elif case == 2:  # an input image, even with --force
+        args += (
+            ["-o", folder / "p1.png"] if rng.integers(0, 2) else ["-o", other / "r.jsonl", "--cache", folder / "p0.png"]
+        )
+        args += ["--force"]
+    elif case == 3:
+        args += ["-o", target, "--cache", target]
+    elif case == 4:
+        args += ["-o", other]  # a folder
+    else:
+        if source != listing:
+            args = [listing]
+        args += ["-o", listing, "--force"]
+    watched = [target, listing, *sorted(folder.iterdir())]
+    before = {p: p.read_bytes() for p in watched}
+    code, text = _batch_cli(ctx, args)
+    for p, b in before.items():
+        if p.read_bytes() != b:
+            return 1, f"{p.name} was changed by {args} (exit {code}): {text[:200]}", b
+    if code != 2:
+        return 1, f"{args} was not refused (exit {code}): {text[:200]}", before[target]
+    return code, text, b""
+
+
+def fuzz_special_file(i, ctx) -> tuple[int, str, bytes]:
+    """Devices, a FIFO and a sparse multi-gigabyte file named beside real images."""
+    rng, tmp = ctx["rng"], ctx["tmp"]
+    folder = _pair_folder(tmp, ctx, 2)
+    fifo = folder / "pipe.png"
+    os.mkfifo(fifo)
+    sparse = folder / "sparse.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(int(rng.integers(1_000_000_001, 4_000_000_000)))
+    names = ["/dev/zero", "/dev/urandom", "r3/pipe.png", "r3/sparse.jpg", "/dev/null"]
+    picked = [n for n in names if rng.integers(0, 2)] or names[:1]
+    lines = ["r3/p0.png", "r3/p1.png", *picked]
+    rng.shuffle(lines)
+    listing = tmp / "r3-special.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp / "r3-special.jsonl"
+    out.unlink(missing_ok=True)
+    default_cache = tmp / "r3-special.features.h5"
+    default_cache.unlink(missing_ok=True)
+    before = _peak_mb()
+    code, text = _batch_cli(ctx, [listing, "-o", out])
+    if _peak_mb() - before > MEMORY_LIMIT_MB:
+        return 1, f"peak memory grew by {_peak_mb() - before:.0f} MB", b""
+    if code != 0:
+        return 1, f"exit {code}: {text[:300]}", b""
+    return code, text, b""
+
+
+def fuzz_changed_mid_run(i, ctx) -> tuple[int, str, bytes]:
+    """An image swapped after it was fingerprinted, restored afterwards: never trusted later."""
+    import featmatch
+    from featmatch.batching.api import BatchRun
+
+    rng, tmp = ctx["rng"], ctx["tmp"]
+    folder = _pair_folder(tmp, ctx, 2)
+    victim = folder / "p1.png"
+    good = victim.read_bytes()
+    swapped = ctx["seeds"][int(rng.integers(0, len(ctx["seeds"])))]
+    if rng.integers(0, 2):
+        swapped = mutate(swapped, rng)
+    out = tmp / "r3-changed.jsonl"
+    out.unlink(missing_ok=True)
+    (tmp / "r3-changed.features.h5").unlink(missing_ok=True)
+    real = BatchRun._fingerprints
+
+    def swap(self):
+        fps = real(self)
+        victim.write_bytes(swapped)
+        return fps
+
+    BatchRun._fingerprints = swap
+    try:
+        list(featmatch.batch(folder, "exhaustive", out, descriptor="sift", workers=1, max_keypoints=300))
+    except featmatch.FeatmatchError as exc:
+        return 1, f"the run stopped: {exc}", swapped
+    finally:
+        BatchRun._fingerprints = real
+    victim.write_bytes(good)
+    run = featmatch.batch(folder, "exhaustive", out, descriptor="sift", workers=1, max_keypoints=300)
+    (r,) = list(run)
+    if swapped != good and (r.resumed or run.summary.features_computed != 1):
+        return 1, f"stale features trusted: {r}", swapped
+    return 0, "", b""
+
+
+def fuzz_full_disk(i, ctx) -> tuple[int, str, bytes]:
+    """ENOSPC at a random write of RESULTS (maybe after a partial line): one line, then a clean resume."""
+    import errno
+
+    rng, tmp = ctx["rng"], ctx["tmp"]
+    folder = _pair_folder(tmp, ctx, 4)
+    out = tmp / "r3-full.jsonl"
+    out.unlink(missing_ok=True)
+    (tmp / "r3-full.features.h5").unlink(missing_ok=True)
+    fail_at, partial = int(rng.integers(1, 7)), bool(rng.integers(0, 2))
+    real_write, calls = os.write, []
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("r3-full.jsonl"):
+            calls.append(1)
+            if len(calls) == fail_at and partial:
+                return real_write(fd, data[: len(data) // 2])
+            if len(calls) >= fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    os.write = full
+    try:
+        code, text = _batch_cli(ctx, [folder, "-o", out])
+    finally:
+        os.write = real_write
+    if code != 2 or "no space left" not in text:
+        return 1, f"a full disk gave exit {code}: {text[:300]}", b""
+    if out.exists() and out.read_bytes() and not out.read_bytes().endswith(b"\n"):
+        return 1, "a partial line was left in RESULTS", b""
+    code, text = _batch_cli(ctx, [folder, "-o", out])
+    pairs = [tuple(json.loads(line)[k] for k in ("image1", "image2")) for line in out.read_text().splitlines()]
+    if code != 0 or len(pairs) != 6 or len(set(pairs)) != 6:
+        return 1, f"the resume gave exit {code} and {len(pairs)} lines: {text[:200]}", b""
+    return 0, "", b""
+
+
+def _with_exif(data: bytes, fmt: str, orientation: int) -> bytes:
+    exif = b"II*\x00" + struct.pack("<IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
+    if fmt == ".png":
+        chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+        return data[:33] + chunk + data[33:]
+    if fmt == ".jpg":
+        app1 = b"Exif\x00\x00" + exif
+        return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+    payload = data[12:]  # WebP: an extended header, the image, then the EXIF chunk
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0]) + (159).to_bytes(3, "little")
+    vp8x += (119).to_bytes(3, "little")
+    body = b"WEBP" + vp8x + payload + b"EXIF" + struct.pack("<I", len(exif)) + exif
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def fuzz_orientation(i, ctx) -> tuple[int, str, bytes]:
+    """Every format that carries an EXIF orientation is turned upright as OpenCV turns a JPEG."""
+    from featmatch.errors import FeatmatchError
+    from featmatch.imageio import load_image
+
+    rng, tmp = ctx["rng"], ctx["tmp"]
+    img = ctx["partner"]
+    fmt = [".png", ".webp", ".jpg"][int(rng.integers(0, 3))]
+    o = int(rng.integers(1, 9))
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101] if fmt == ".webp" else []
+    data = _with_exif(cv2.imencode(fmt, img, params)[1].tobytes(), fmt, o)
+    damaged = rng.integers(0, 4) == 0
+    if damaged:  # then only a clean outcome is required (the orientation may be what was damaged)
+        data = mutate(data, rng)
+    path = tmp / f"orient{fmt}"
+    path.write_bytes(data)
+    plain = cv2.imencode(".png", img)[1].tobytes()
+    reference = cv2.imdecode(np.frombuffer(_with_exif(plain, ".png", o), np.uint8), cv2.IMREAD_COLOR)
+    try:
+        loaded = load_image(path)
+    except FeatmatchError as exc:
+        return 2, str(exc), data
+    except Exception as exc:  # the fuzz target: any other exception is a failure
+        return 1, f"{type(exc).__name__}: {exc}", data
+    if not damaged and loaded.color.shape != reference.shape:
+        return 1, f"orientation {o} of {fmt}: {loaded.color.shape} instead of {reference.shape}", data
+    return 0, "", b""
+
+
+#: Wrong-type API calls: (argument, call); each must raise ConfigError naming the argument.
+def _wrong_type_calls(ctx):
+    import featmatch
+
+    a, b, folder = ctx["partner_path"], ctx["partner_path"], ctx["tmp"]
+    values = ["0.8", None, [1], {"x": 1}, b"3", True, 1000.5, float("nan"), object()]
+    calls = []
+    for name in ("ratio", "threshold", "max_keypoints", "max_side", "min_inliers", "mutual", "max_tilt"):
+        for v in values:
+            calls.append(
+                (name, v, lambda name=name, v=v: featmatch.estimate_homography(a, b, descriptor="sift", **{name: v}))
+            )
+    for name in ("images", "pairs", "output", "cache", "workers", "limit"):
+        for v in values:
+            kw = {name: v} if name != "images" else {}
+            calls.append(
+                (name, v, lambda name=name, v=v, kw=kw: featmatch.batch(v if name == "images" else folder, **kw))
+            )
+    for v in values:
+        calls.append(("keypoints", v, lambda v=v: featmatch.to_cv_keypoints(v)))
+    return calls
+
+
+def fuzz_wrong_type(i, ctx) -> tuple[int, str, bytes]:
+    import featmatch
+
+    rng = ctx["rng"]
+    calls = ctx.setdefault("wrong_type_calls", _wrong_type_calls(ctx))
+    name, value, call = calls[int(rng.integers(0, len(calls)))]
+    try:
+        call()
+    except featmatch.ConfigError as exc:
+        if name not in str(exc):
+            return 1, f"{name}={value!r}: the error does not name the argument: {exc}", b""
+        return 2, str(exc), b""
+    except Exception as exc:  # the fuzz target: any other exception is a failure
+        return 1, f"{name}={value!r}: {type(exc).__name__}: {exc}", b""
+    if name in ("ratio", "threshold", "max_side", "max_tilt") and isinstance(value, float):  # nan, 1000.5: a number
+        return 0, "", b""
+    if name in ("output", "cache") and (value is None or isinstance(value, str)):  # None: the default; a path
+        return 0, "", b""
+    if name in ("workers", "limit") and value is None:
+        return 0, "", b""
+    if name == "mutual" and isinstance(value, bool):
+        return 0, "", b""
+    return 1, f"{name}={value!r} was accepted", b""
+
+
+ROUND3 = {
+    "output-clash": fuzz_output_clash,
+    "special-file": fuzz_special_file,
+    "changed-mid-run": fuzz_changed_mid_run,
+    "full-disk": fuzz_full_disk,
+    "orientation": fuzz_orientation,
+    "wrong-type": fuzz_wrong_type,
+}
 
 
 def family_of(i: int) -> str:
@@ -360,7 +655,8 @@ def main() -> int:
     stats = run(args.count, args.seed, args.verbose, families)
     print(
         f"fuzz: {args.count} inputs, ok {stats['ok']}, input-error {stats['input-error']}, "
-        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s); "
+        f"no-homography {stats['no-homography']}, failures {stats['failure']} ({time.time() - t0:.0f} s, "
+        f"peak memory {_peak_mb():.0f} MB); "
         + ", ".join(f"{f} {families[f]}" for f in FAMILIES)
     )
     return 1 if stats["failure"] else 0

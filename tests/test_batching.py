@@ -175,12 +175,16 @@ def test_cache_layout_and_invalidation(crops, tmp_path):
     # A changed matching option keeps the features but recomputes the pairs.
     s5 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7).run()
     assert (s5.features_computed, s5.skipped, s5.computed) == (0, 0, 3)
-    # A cache left unreadable (e.g. a crash mid-write) is set aside and rebuilt.
+    # A file at the cache path that is not HDF5 at all is not featmatch's: refused, untouched,
+    # before any work; --force replaces it.
     cache = default_cache_path(out)
     cache.write_bytes(b"not an HDF5 file")
-    s6 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7).run()
+    with pytest.raises(ConfigError, match="not an HDF5 file, not a feature cache; it was left untouched"):
+        batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7)
+    assert cache.read_bytes() == b"not an HDF5 file"
+    s6 = batch(folder, "exhaustive", out, workers=1, max_keypoints=300, ratio=0.7, force=True).run()
     assert (s6.features_computed, s6.skipped) == (3, 3)
-    assert cache.with_name(cache.name + ".corrupt").read_bytes() == b"not an HDF5 file"
+    assert cache.read_bytes().startswith(b"\x89HDF")
 
 
 def test_cnn_descriptor_and_its_weights_in_the_fingerprint(crops, tmp_path, monkeypatch):
@@ -539,7 +543,9 @@ def test_unusable_images_are_reported_once_and_symlink_loops_counted(tmp_path):
     for name, why in (("junk.png", "not a readable image"), ("loop.jpg", "symbolic link loop"), ("dead.jpg", "broken")):
         (line,) = [s for s in lines if name in s]
         assert line.startswith(f"featmatch: warning: skipped image {name}: ") and why in line
-    assert len(lines) == 3
+    (pipe,) = [s for s in lines if "pipe.jpg" in s]  # left out with a warning, never opened
+    assert pipe == "featmatch: warning: skipped 'pipe.jpg': not a regular file (a named pipe); left out of the batch"
+    assert len(lines) == 4
     assert len(_lines(out)) == 10 and sum(d["status"] == "error" for d in _lines(out)) == 9
 
 

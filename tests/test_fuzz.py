@@ -12,10 +12,17 @@ def _load():
 
 
 def test_short_fuzz_run_has_no_failures():
+    from collections import Counter
+
     fuzz = _load()
-    stats = fuzz.run(count=300, seed=1)
+    families: Counter = Counter()
+    stats = fuzz.run(count=300, seed=1, families=families)
     assert stats["failure"] == 0
     assert sum(stats.values()) == 300
+    # every family runs, the round-3 ones too (output clashes, special files, files changed
+    # mid-run, a full disk, EXIF orientation, wrong API types): 15 inputs each
+    assert set(families) == set(fuzz.FAMILIES)
+    assert all(families[f] == 15 for f in fuzz.ROUND3)
     # the mix is real: some inputs decode and match, many are refused
     assert stats["ok"] + stats["no-homography"] > 20 and stats["input-error"] > 50
 

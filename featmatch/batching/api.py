@@ -15,6 +15,7 @@ The run, step by step:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -25,12 +26,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..detect import DetectConfig
-from ..errors import ConfigError, FeatmatchError
+from ..errors import ConfigError, FeatmatchError, FileSystemError, check_type, os_cause, printable
 from ..geometry import GeometryConfig
 from ..match import MatchConfig
-from .cache import CacheUnreadableError, FeatureCache, entry_fingerprint
+from .cache import CacheUnreadableError, FeatureCache, NotACacheError, entry_fingerprint
 from .config import BACKENDS, DEFAULT_BATCH_DESCRIPTOR, BatchConfig, feature_fingerprint, match_fingerprint
-from .inputs import ImageEntry, content_fingerprint, list_images, read_bytes
+from .inputs import ImageEntry, content_fingerprint, list_images, read_bytes, split_special
+from .outputs import check_outputs
 from .pairs import PairsSpec, exhaustive_pairs, parse_pairs_spec, read_pairs_file, sequential_pairs, shortlist_pairs
 from .results import ERROR, NO_HOMOGRAPHY, VERIFIED, BatchSummary, PairResult, ResultsLog, error_result
 from .runner import LocalBackend, RayBackend
@@ -85,6 +87,7 @@ def batch(
     limit: int | None = None,
     progress: bool = False,
     config: BatchConfig | None = None,
+    force: bool = False,
     **options,
 ) -> BatchRun:
     """Match many image pairs, describing each image once.
@@ -104,6 +107,8 @@ def batch(
         limit: match at most this many new pairs, then stop (rerun to go on).
         progress: show tqdm progress bars on stderr.
         config: a ready :class:`BatchConfig` (then ``descriptor`` and ``options`` must be left out).
+        force: replace a file at ``output`` or ``cache`` that featmatch did not write (without
+            it such a file is refused, untouched). An input is never overwritten.
         **options: stage options as in :func:`make_config` (``max_keypoints``, ``ratio``, ...).
 
     Returns:
@@ -112,8 +117,11 @@ def batch(
         after the end. Nothing runs until it is iterated.
 
     Raises:
-        ConfigError: bad options, pairs spec, image source, or ``backend="ray"`` without Ray.
+        ConfigError: bad options or argument types, pairs spec (a pairs file is read and checked
+            here), image source, output paths (see :func:`.outputs.check_outputs`), or
+            ``backend="ray"`` without Ray. Nothing is computed or written before these checks.
     """
+    _check_arguments(images, pairs, output, cache, workers, limit, force, progress)
     if config is None:
         config = make_config(descriptor, **options)
     elif options or descriptor != DEFAULT_BATCH_DESCRIPTOR:
@@ -126,10 +134,16 @@ def batch(
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must not be negative, got {limit}")
-    entries = list_images(images)
+    entries, special = split_special(list_images(images))
+    if not entries:
+        raise ConfigError(f"no usable images in {printable(images)}: " + "; ".join(sorted(set(special.values()))))
+    read_files: list[tuple[str, Path]] = []
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_file():
+        read_files.append(("the image list", Path(images)))
     if isinstance(pairs, (str, os.PathLike)):
         spec: PairsSpec | list = parse_pairs_spec(pairs)
-        if spec.mode == "file":  # checked now, before any image is described
+        if spec.mode == "file":  # read and checked now: a bad name must not cost the features first
+            read_files.append(("the pairs file", spec.path))
             spec = read_pairs_file(spec.path, [e.name for e in entries])
     else:
         spec = list(dict.fromkeys((str(a), str(b)) for a, b in pairs))
@@ -139,9 +153,46 @@ def batch(
                 raise ConfigError(f"pair ({a}, {b}) names an image that is not in the batch")
             if a == b:
                 raise ConfigError(f"'{a}' is paired with itself")
+    cache_path = Path(cache) if cache is not None else (default_cache_path(output) if output is not None else None)
+    check_outputs(
+        [*read_files, *((f"the image '{printable(e.name)}'", e.path) for e in entries)],
+        None if output is None else Path(output),
+        cache_path,
+        force,
+    )
     workers = workers or os.cpu_count() or 1
     runner = RayBackend(config, workers, ray_address) if backend == "ray" else LocalBackend(config, workers)
-    return BatchRun(entries, spec, config, runner, output, cache, limit, progress)
+    run = BatchRun(entries, spec, config, runner, output, cache, limit, progress, force)
+    for name, why in sorted(special.items()):
+        run._warn(f"skipped '{printable(name)}': {why}")
+    return run
+
+
+def _check_arguments(images, pairs, output, cache, workers, limit, force, progress) -> None:
+    """Wrong types are refused by name before any work (``batch(None)``, ``pairs=5``, ``workers="2"``)."""
+    paths = (str, os.PathLike)
+    if not isinstance(images, paths) and not (
+        isinstance(images, Sequence) and all(isinstance(p, paths) for p in images)
+    ):
+        raise ConfigError(
+            f"images must be a folder, a list file or a sequence of image paths, got {type(images).__name__}"
+        )
+    if not isinstance(pairs, paths) and not (
+        isinstance(pairs, Sequence)
+        and all(isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 for p in pairs)
+    ):
+        raise ConfigError(
+            "pairs must be 'exhaustive', 'sequential[:K]', 'shortlist[:K]', a pairs file or a sequence of "
+            f"(name1, name2), got {type(pairs).__name__} {printable(repr(pairs))[:60]}"
+        )
+    for name, value in (("output", output), ("cache", cache)):
+        if value is not None and not isinstance(value, paths):
+            raise ConfigError(f"{name} must be a file path or None, got {type(value).__name__}")
+    for name, value in (("workers", workers), ("limit", limit)):
+        if value is not None:
+            check_type(name, value, "int")
+    check_type("force", force, "bool")
+    check_type("progress", progress, "bool")
 
 
 def _bar(progress: bool, **kw):
@@ -162,7 +213,7 @@ class BatchRun(Iterator[PairResult]):
         warnings: what the run repaired on the way (e.g. a damaged cache set aside), one line each.
     """
 
-    def __init__(self, entries, spec, config, runner, output, cache, limit, progress):
+    def __init__(self, entries, spec, config, runner, output, cache, limit, progress, force=False):
         self.entries: list[ImageEntry] = entries
         self.spec = spec
         self.config: BatchConfig = config
@@ -171,6 +222,7 @@ class BatchRun(Iterator[PairResult]):
         self.cache_path = None if cache is None else Path(cache)
         self.limit = limit
         self.progress = progress
+        self.force = force
         self.summary: BatchSummary | None = None
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -210,9 +262,11 @@ class BatchRun(Iterator[PairResult]):
         """Move a damaged cache out of the way (``<cache>.corrupt``, kept for inspection)."""
         aside = path.with_name(path.name + ".corrupt")
         try:
-            path.replace(aside)
+            path.replace(aside)  # a rename: it needs no free space
         except OSError as exc:
-            raise ConfigError(f"{why}; it could not be moved aside ({exc.strerror or exc}): delete it") from None
+            raise ConfigError(
+                f"{why}; it could not be moved aside ({os_cause(exc)}): move or delete it, then run again"
+            ) from None
         return aside
 
     @contextlib.contextmanager
@@ -238,12 +292,44 @@ class BatchRun(Iterator[PairResult]):
         for attempt in range(2):
             try:
                 return self._describe(cache_path, fps, feat_fp)
+            except NotACacheError:
+                if not self.force or attempt:
+                    raise
+                self._warn(f"replaced '{printable(cache_path)}', which was not a feature cache (--force)")
+                cache_path.unlink()
+            except FileSystemError as exc:
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and cache_path.is_file():
+                    return self._describe_read_only(cache_path, fps, feat_fp, exc)  # use it as it is
+                raise  # a full disk: no copy, no rebuild; the same command goes on once there is space
             except CacheUnreadableError as exc:
                 if attempt:
                     raise
                 aside = self._move_aside(cache_path, exc)
                 self._warn(f"{exc}; moved it to '{aside}' and rebuilding it (finished results are kept)")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe_read_only(self, cache_path: Path, fps, feat_fp: str, refused: FileSystemError) -> tuple[int, int]:
+        """The cache cannot be opened for writing (read-only disk, no permission): an intact
+        cache that holds every image is used as it is; otherwise the run stops, saying why."""
+        try:
+            cache = FeatureCache(cache_path, "r", lru=0)
+        except ConfigError:
+            raise refused from None  # not readable either: the first reason is the one to fix
+        with cache:
+            missing = [
+                e.name
+                for e in self.entries
+                if e.name in fps and not cache.has(e.name, entry_fingerprint(fps[e.name], feat_fp))
+            ]
+        if missing:
+            raise FileSystemError(
+                cache_path,
+                refused.errno or refused.cause,
+                "write the feature cache",
+                f"{len(missing)} image(s) need describing; the cache itself is intact",
+            ) from None
+        self._warn(f"the feature cache '{printable(cache_path)}' is read-only ({refused.cause}); read it as it is")
+        return 0, sum(1 for e in self.entries if e.name in fps)
 
     def _describe(self, cache_path: Path, fps: dict[str, str], feat_fp: str) -> tuple[int, int]:
         with FeatureCache(cache_path, "a") as cache:
@@ -266,6 +352,12 @@ class BatchRun(Iterator[PairResult]):
                         logger.info("%s", out.error)  # reported once, by the caller (run.failed)
                         self.failed[out.name] = out.error
                     else:
+                        if out.fingerprint is not None and out.fingerprint != fps[out.name]:
+                            # the file changed after it was fingerprinted: the entry and the results
+                            # carry the fingerprint of the bytes that were described, so a later run
+                            # on the file as it is now never trusts them wrongly
+                            self._warn(f"'{printable(out.name)}' changed while the batch read it; used the new content")
+                            fps[out.name] = out.fingerprint
                         cache.put(out.name, out.features, fps[out.name], feat_fp, self.config.cache_dtype)
                         computed += 1
                         if computed % 32 == 0:
@@ -305,6 +397,8 @@ class BatchRun(Iterator[PairResult]):
                     cache_path = Path(tmpdir) / "features.h5"
             feat_fp = feature_fingerprint(self.config)
             opts_fp = match_fingerprint(self.config, feat_fp)
+            # RESULTS first: its lock makes a second run on the same file stop before any work
+            log = ResultsLog(self.output, force=self.force) if self.output is not None else None
             fps = self._fingerprints()
             pairs = None
             if isinstance(self.spec, list) or self.spec.mode != "shortlist":
@@ -315,7 +409,6 @@ class BatchRun(Iterator[PairResult]):
                 with self._damage_ends_the_run(cache_path):
                     pairs = self._pairs(cache_path)
             state["pairs"] = len(pairs)
-            log = ResultsLog(self.output) if self.output is not None else None
 
             todo: list[tuple[str, str]] = []
             resumed: list[PairResult] = []

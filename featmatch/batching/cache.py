@@ -22,16 +22,19 @@ driver); workers open the file read-only after the writes are done.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ..detect import Keypoints
-from ..errors import ConfigError, FeatmatchError, printable
+from ..errors import ConfigError, FeatmatchError, FileSystemError, os_condition, printable
 from ..pipeline import Features
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,50 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 class CacheUnreadableError(ConfigError):
     """An existing cache file cannot be read as HDF5 (e.g. a crash cut a write short)."""
+
+
+class NotACacheError(ConfigError):
+    """An existing file at the cache path was not written by featmatch (it is left untouched)."""
+
+
+#: The first bytes of every HDF5 file featmatch writes (it writes no user block).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: The root attribute that marks a file as a featmatch feature cache.
+CACHE_MARK = "featmatch_feature_cache"
+#: What a user with a foreign file at the cache path can do.
+_FOREIGN_HINT = "it was left untouched: give another --cache, or pass --force to replace it"
+
+
+def sniff_cache(path: str | Path) -> str | None:
+    """Why an existing file cannot be a featmatch cache, from its first bytes; None when it may be
+    one (an HDF5 file, possibly cut short), or is absent or empty. Never writes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        raise FileSystemError(path, exc, "read") from None
+    if not head or head == HDF5_SIGNATURE[: len(head)]:
+        return None
+    return "not an HDF5 file"
+
+
+def _h5_errno(exc: BaseException) -> int | None:
+    """The errno behind an h5py error: its ``errno``, or the ``errno = N`` HDF5 writes in its text."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return code
+    m = re.search(r"errno = (\d+)", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _os_refused(path: Path, exc: BaseException, doing: str) -> FileSystemError | None:
+    """A :class:`FileSystemError` when ``exc`` is the disk refusing (full, read-only, ...), not damage."""
+    code = _h5_errno(exc)
+    if os_condition(code) is None:
+        return None
+    return FileSystemError(path, code, doing, "finished results are kept: run the same command again when it is fixed")
 
 
 def _h5py():
@@ -137,25 +184,74 @@ class FeatureCache:
     def __init__(self, path: str | Path, mode: str = "r", lru: int = 64):
         if mode not in ("r", "a"):
             raise ConfigError(f"cache mode must be 'r' or 'a', got '{mode}'")
-        h5py = _h5py()
         self.path = Path(path)
         self.mode = mode
-        existed = self.path.is_file()
-        try:
-            if mode == "a":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.path, mode)
-        except OSError as exc:
-            if _is_lock_error(exc):
-                raise ConfigError(
-                    f"the feature cache '{self.path}' is in use by another process (HDF5 file lock); "
-                    "wait for it to finish or pass another --cache"
-                ) from None
-            if existed:
-                raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
-            raise ConfigError(f"cannot open the feature cache '{self.path}': {_h5_reason(exc)}") from None
+        self._file = None
+        self._file = self._open(mode)
         self._lru: OrderedDict[str, Features] = OrderedDict()
         self._lru_size = lru
+        if not self._is_ours():
+            self._file.close()
+            raise NotACacheError(
+                f"'{printable(self.path)}' is an HDF5 file that featmatch did not write, not a feature cache; "
+                + _FOREIGN_HINT
+            )
+        if mode == "a":
+            with contextlib.suppress(*_H5_ERRORS):  # damage shows (and is handled) when entries are read
+                if CACHE_MARK not in self._file.attrs:
+                    self._file.attrs[CACHE_MARK] = 1
+
+    def _open(self, mode: str):
+        h5py = _h5py()
+        existed = self.path.is_file()
+        why = sniff_cache(self.path)
+        if why is not None:
+            raise NotACacheError(f"'{printable(self.path)}' exists and is {why}, not a feature cache; {_FOREIGN_HINT}")
+        for attempt in range(2):
+            try:
+                if mode == "a":
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                return h5py.File(self.path, mode)
+            except OSError as exc:
+                if _is_lock_error(exc) or (_h5_errno(exc) == errno.EEXIST and attempt):
+                    raise ConfigError(
+                        f"the feature cache '{printable(self.path)}' is in use by another process (HDF5 file lock); "
+                        "wait for it to finish or pass another --cache"
+                    ) from None
+                if _h5_errno(exc) == errno.EEXIST:  # another run created it a moment ago: open it (or wait)
+                    existed = True
+                    continue
+                refused = _os_refused(
+                    self.path, exc, "open the feature cache" if existed else "create the feature cache"
+                )
+                if refused is not None:
+                    raise refused from None
+                if existed:
+                    raise CacheUnreadableError(
+                        f"the feature cache '{printable(self.path)}' is damaged ({_h5_reason(exc)})"
+                    ) from None
+                raise ConfigError(
+                    f"cannot open the feature cache '{printable(self.path)}': {_h5_reason(exc)}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_ours(self) -> bool:
+        """Marked by featmatch, empty, or (a cache from before the mark) holding an entry with a fingerprint."""
+        try:
+            if CACHE_MARK in self._file.attrs or len(self._file) == 0:
+                return True
+            found: list = []
+
+            def first_group_with_data(name, obj):
+                if hasattr(obj, "attrs") and "descriptors" in getattr(obj, "keys", lambda: ())():
+                    found.append("fingerprint" in obj.attrs)
+                    return True
+                return None
+
+            self._file.visititems(first_group_with_data)
+            return bool(found and found[0])
+        except _H5_ERRORS:
+            return True  # damaged, not foreign: reading an entry says so
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -174,6 +270,9 @@ class FeatureCache:
             try:
                 f.close()
             except _H5_ERRORS as exc:
+                refused = _os_refused(self.path, exc, "write the feature cache")
+                if refused is not None:
+                    raise refused from None
                 raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
     def fingerprint(self, name: str) -> str | None:
@@ -186,7 +285,8 @@ class FeatureCache:
         try:
             if key not in self._file:
                 return None
-            return str(self._file[key].attrs.get("fingerprint", "")) or None
+            value = self._file[key].attrs.get("fingerprint", "")
+            return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)) or None
         except _H5_ERRORS as exc:
             raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
@@ -243,6 +343,9 @@ class FeatureCache:
         try:
             self._put(name, features, image_fingerprint, feature_fingerprint, dtype)
         except _H5_ERRORS as exc:
+            refused = _os_refused(self.path, exc, "write the feature cache")
+            if refused is not None:
+                raise refused from None
             raise CacheUnreadableError(
                 f"the feature cache '{self.path}' is damaged: the entry of '{printable(name)}' cannot be written "
                 f"({_h5_reason(exc)})"
@@ -262,15 +365,21 @@ class FeatureCache:
         g.attrs["name"] = name_attribute(name)
         g.attrs["image_shape"] = np.asarray(features.image_shape, np.int64)
         g.attrs["det_scale"] = float(k.scale)
-        g.attrs["image_fingerprint"] = image_fingerprint
-        g.attrs["feature_fingerprint"] = feature_fingerprint
-        g.attrs["fingerprint"] = entry_fingerprint(image_fingerprint, feature_fingerprint)
+        # fixed-length bytes, stored in the attribute itself: a variable-length string lives in
+        # HDF5's global heap, and reading one from a damaged heap can loop forever inside HDF5
+        # (found by scripts/fuzz.py), where no Python timeout can stop it
+        g.attrs["image_fingerprint"] = np.bytes_(image_fingerprint)
+        g.attrs["feature_fingerprint"] = np.bytes_(feature_fingerprint)
+        g.attrs["fingerprint"] = np.bytes_(entry_fingerprint(image_fingerprint, feature_fingerprint))
         self._lru.pop(name, None)
 
     def flush(self) -> None:
         try:
             self._file.flush()
         except _H5_ERRORS as exc:
+            refused = _os_refused(self.path, exc, "write the feature cache")
+            if refused is not None:
+                raise refused from None
             raise CacheUnreadableError(f"the feature cache '{self.path}' is damaged ({_h5_reason(exc)})") from None
 
 

@@ -31,13 +31,13 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),  # a folder is refused by batch() itself, in one line
     help="RESULTS file (JSON lines, one per pair). If it exists, its finished pairs are skipped.",
 )
 @descriptor_option(DEFAULT_BATCH_DESCRIPTOR)
 @click.option(
     "--cache",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),  # a folder is refused by batch() itself, in one line
     help="HDF5 feature cache [default: <OUTPUT stem>.features.h5 beside OUTPUT].",
 )
 @click.option("--workers", "-j", type=click.IntRange(min=1), help="Processes (local) or Ray CPUs [default: all cores].")
@@ -58,6 +58,12 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
 )
 @click.option("--save-matches", is_flag=True, help="Also write each verified pair's inlier keypoint indices.")
 @progress_option(quiet_short=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a file at OUTPUT or --cache that featmatch did not write (otherwise refused, untouched). "
+    "An input is never overwritten.",
+)
 def batch_command(
     images,
     pairs_spec,
@@ -80,6 +86,7 @@ def batch_command(
     cache_dtype,
     save_matches,
     progress,
+    force,
 ):
     """Match many image pairs: each image's features are computed once and cached.
 
@@ -128,6 +135,7 @@ def batch_command(
         precision=precision,
         cache_dtype=cache_dtype,
         save_matches=save_matches,
+        force=force,
     )
     stop = threading.Event()
     try:

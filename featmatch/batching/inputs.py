@@ -13,7 +13,6 @@ unchanged; list and pairs files may hold such names as raw bytes.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -21,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ImageReadError, printable
+from ..errors import ConfigError, printable
 from ..folders import IMAGE_SUFFIXES, folder_images, is_image_name
+from ..imageio import read_image_file, special_file
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +113,33 @@ def _check_unique(names: Iterable[str]) -> None:
 
 
 def read_bytes(entry: ImageEntry) -> bytes:
-    """The file's bytes.
+    """The file's bytes (:func:`featmatch.imageio.read_image_file`: regular files within the size cap only).
 
     Raises:
-        ImageReadError: missing, a folder or unreadable.
+        ImageReadError: missing, a folder, a device, pipe or socket, too large, or unreadable.
     """
-    try:
-        return entry.path.read_bytes()
-    except FileNotFoundError:
-        why = "broken symbolic link (its target does not exist)" if entry.path.is_symlink() else "no such file"
-        raise ImageReadError(entry.path, why) from None
-    except IsADirectoryError:
-        raise ImageReadError(entry.path, "is a directory, not an image file") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageReadError(entry.path, "symbolic link loop (the link leads back to itself)") from None
-        raise ImageReadError(entry.path, exc.strerror or str(exc)) from None
+    return read_image_file(entry.path)
+
+
+def split_special(entries: Sequence[ImageEntry]) -> tuple[list[ImageEntry], dict[str, str]]:
+    """Leave out the entries that are devices, named pipes or sockets (``/dev/zero`` in a list file
+    reads forever, a FIFO blocks): ``(kept, {name: why})``. Only ``stat`` is called: nothing is opened.
+
+    Missing files and broken links are kept: reading them gives their own one-line reason.
+    """
+    kept, skipped = [], {}
+    for e in entries:
+        try:
+            st = os.stat(e.path)
+        except OSError:
+            kept.append(e)
+            continue
+        kind = special_file(st)
+        if kind is None:
+            kept.append(e)
+        else:
+            skipped[e.name] = f"not a regular file ({kind}); left out of the batch"
+    return kept, skipped
 
 
 def content_fingerprint(data: bytes) -> str:

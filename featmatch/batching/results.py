@@ -14,15 +14,18 @@ reads it first and skips every pair finished under the same image fingerprints a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FileSystemError, os_condition, printable
 
 logger = logging.getLogger(__name__)
 
@@ -151,50 +154,201 @@ class BatchSummary:
         return self.computed / self.match_seconds if self.match_seconds > 0 else 0.0
 
 
+#: The start of every line featmatch writes to RESULTS (``json.dumps`` keeps the key order).
+LINE_START = b'{"image1":'
+#: How much of an existing file is read to tell whether featmatch wrote it.
+SNIFF_BYTES = 1 << 16
+
+
+class NotResultsError(ConfigError):
+    """An existing file at the RESULTS path is not a featmatch results file (it is left untouched)."""
+
+
+class ResultsInUseError(ConfigError):
+    """Another process is writing the same RESULTS file."""
+
+
+def _not_ours(path: Path, why: str) -> NotResultsError:
+    return NotResultsError(
+        f"'{printable(path)}' exists and is not a featmatch results file ({why}); it was left untouched: "
+        "give another --output (results.jsonl), or pass --force to replace it"
+    )
+
+
+def _result_line(line: bytes) -> str | None:
+    """Why ``line`` (complete, without its newline) is not a result line featmatch wrote, or None."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "not JSON lines" if b"\x00" not in line else "binary data"
+    if not isinstance(obj, dict) or not isinstance(obj.get("image1"), str) or not isinstance(obj.get("image2"), str):
+        return "its lines are not pair results"
+    return None
+
+
+def _partial_line(tail: bytes) -> bool:
+    """Whether ``tail`` (the bytes after the last newline) is the start of a result line cut short."""
+    n = min(len(tail), len(LINE_START))
+    return tail[:n] == LINE_START[:n] and b"\n" not in tail
+
+
+def sniff_results(path: str | Path) -> str | None:
+    """Why an existing file is not a featmatch results file, from its first line; None when it may be
+    one (or is absent, or empty). Reads at most :data:`SNIFF_BYTES`; never writes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FileSystemError(path, exc, "read") from None
+    if not head:
+        return None
+    first, newline, _ = head.partition(b"\n")
+    if not newline:
+        return None if _partial_line(first) else "not JSON lines"
+    return _result_line(first)
+
+
+def _lock(fd: int, path: Path, exclusive: bool = True) -> None:
+    """Hold an advisory lock on the open RESULTS file until it is closed (one writer per file).
+
+    Raises:
+        ResultsInUseError: another run holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ResultsInUseError(
+            f"the results file '{printable(path)}' is in use by another featmatch batch (it is locked); "
+            "wait for that run to finish or give another --output"
+        ) from None
+    except OSError:  # a file system without locks (some network mounts): carry on unlocked
+        logger.info("%s: the file system does not support locks", path)
+
+
+def check_results_unlocked(path: str | Path) -> None:
+    """Refuse, before any work, a RESULTS file that another run is writing (nothing is changed).
+
+    Raises:
+        ResultsInUseError: another run holds its lock.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # absent (or unreadable: opening it for the run says why)
+    try:
+        _lock(fd, path)
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+
+
 class ResultsLog:
-    """The RESULTS file: reads the finished lines, then appends one flushed line per pair.
+    """The RESULTS file: locked for this run, read, then one line appended per pair.
+
+    The file is opened and locked first (a second run on the same file is refused), then
+    checked whole: if any line is not a result featmatch wrote, nothing is changed and
+    :class:`NotResultsError` is raised (``force=True`` empties such a file instead). Only then
+    is a last line cut short by a crash dropped. On a read-only disk the finished lines are
+    still read; the first new line to write raises :class:`~featmatch.errors.FileSystemError`.
 
     Args:
         path: the JSON-lines file (created with its folder when missing).
+        force: replace a file that is not a featmatch results file.
 
     Raises:
-        ConfigError: the file cannot be opened, or a complete line is not a result object.
+        ConfigError: the path is a folder or not a regular file; NotResultsError,
+            ResultsInUseError; FileSystemError: the OS refused (the message says why).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, force: bool = False):
         self.path = Path(path)
         self.previous: dict[tuple[str, str], dict] = {}
         self.dropped_partial = False
-        if self.path.exists():
-            self._read()
+        self.read_only: FileSystemError | None = None
+        if self.path.is_dir():
+            raise ConfigError(
+                f"results path '{printable(self.path)}' is a folder; give a file name such as results.jsonl"
+            )
+        self._fd = self._open()
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"results path '{printable(self.path)}' is not a regular file")
+            _lock(self._fd, self.path, exclusive=self.read_only is None)
+            self._read(force)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
+            return os.open(self.path, flags, 0o666)
         except OSError as exc:
-            raise ConfigError(f"cannot write results to '{self.path}': {exc.strerror or exc}") from None
+            if os_condition(exc.errno) and self.path.is_file():  # read-only disk: read what is finished
+                self.read_only = FileSystemError(self.path, exc, "write results to")
+                try:
+                    return os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError as exc2:
+                    raise FileSystemError(self.path, exc2, "read") from None
+            raise FileSystemError(self.path, exc, "write results to") from None
 
-    def _read(self) -> None:
-        if self.path.is_dir():
-            raise ConfigError(f"results path '{self.path}' is a folder; give a file name such as results.jsonl")
-        data = self.path.read_bytes()
+    def _read_all(self) -> bytes:
+        chunks = []
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise FileSystemError(self.path, exc, "read") from None
+        return b"".join(chunks)
+
+    def _truncate(self, size: int) -> None:
+        if self.read_only is not None:
+            return  # nothing can be written anyway; the partial line is just ignored
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise FileSystemError(self.path, exc, "write results to") from None
+
+    def _read(self, force: bool) -> None:
+        why = sniff_results(self.path)  # a large file of another kind is refused from its start
+        data = b"" if why else self._read_all()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
+        tail = data[end:]
+        if why is None and tail and not _partial_line(tail):
+            why = "its last line is not a pair result"
+        lines = data[:end].split(b"\n")[:-1]
+        for lineno, line in enumerate(lines if why is None else (), 1):
+            bad = _result_line(line)
+            if bad is not None:
+                why = f"line {lineno}: {bad}"
+                break
+            if line.strip():
+                obj = json.loads(line)
+                self.previous[(obj["image1"], obj["image2"])] = obj  # a later line for the same pair wins
+        if why is not None:
+            if not force:
+                raise _not_ours(self.path, why)
+            logger.warning("%s: not a results file (%s); replacing it (--force)", self.path, why)
+            self.previous.clear()
+            self._truncate(0)
+            return
+        if tail:
             # A crash cut the last line short: drop it (its pair is recomputed).
             logger.warning("%s: dropping an incomplete last line (interrupted run)", self.path)
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
+            self._truncate(end)
             self.dropped_partial = True
-        for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                key = (obj["image1"], obj["image2"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(
-                    f"{self.path}:{lineno} is not a featmatch batch result line; give another output file"
-                ) from None
-            self.previous[key] = obj  # a later line for the same pair wins
 
     def finished(self, pair: tuple[str, str], fingerprints: tuple[str, str], options: str) -> dict | None:
         """The earlier line of ``pair`` if it is finished under the same fingerprints and options."""
@@ -206,19 +360,46 @@ class ResultsLog:
         return obj
 
     def write(self, result: PairResult, fingerprints: tuple[str, str], options: str) -> None:
-        """Append one result line and flush it to the OS."""
+        """Append one result line (one ``write`` call: it reaches the OS at once).
+
+        Raises:
+            FileSystemError: the disk is full or read-only (the lines before are kept).
+        """
+        if self.read_only is not None:
+            raise self.read_only
         obj = result.to_json()
         obj["fingerprints"] = list(fingerprints)
         obj["options"] = options
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._f.flush()
+        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+        written = 0
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):  # a full disk took part of it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            if written:  # cut the partial line off again (shrinking needs no space)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise FileSystemError(
+                self.path, exc, "write results to", "the finished pairs are kept: run the same command again"
+            ) from None
 
     def sync(self) -> None:
-        """Flush and fsync (at the end of a run)."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Flush to the disk (at the end of a run)."""
+        if self.read_only is not None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise FileSystemError(self.path, exc, "write results to") from None
 
     def close(self) -> None:
-        if not self._f.closed:
-            self.sync()
-            self._f.close()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                if self.read_only is None:
+                    os.fsync(fd)
+            except OSError as exc:
+                raise FileSystemError(self.path, exc, "write results to") from None
+            finally:
+                os.close(fd)

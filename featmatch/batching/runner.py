@@ -23,15 +23,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 
 from ..errors import ConfigError, FeatmatchError, ImageReadError
-from ..imageio import image_from_bytes, native_stderr_silenced, quiet_opencv
+from ..imageio import image_from_bytes, native_stderr_silenced, quiet_opencv, read_image_file
 from ..pipeline import Features, Matcher
 from .cache import FeatureCache, strip_features
 from .config import BatchConfig, weights_id
+from .inputs import content_fingerprint
 from .results import NO_HOMOGRAPHY, VERIFIED, PairResult
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,16 @@ class FeatureOutcome:
         features: what matching needs (no detection image), or None on error.
         error: the one-line reason, or None.
         time_ms: load + detect + describe time.
+        fingerprint: :func:`~featmatch.batching.inputs.content_fingerprint` of the very bytes
+            that were described (a file replaced after the driver fingerprinted it must not
+            be cached under the old file's fingerprint).
     """
 
     name: str
     features: Features | None
     error: str | None = None
     time_ms: float = 0.0
+    fingerprint: str | None = None
 
 
 class _NoDescriber:
@@ -144,19 +148,16 @@ def compute_features(job: FeatureJob, config: BatchConfig) -> FeatureOutcome:
     """
     t0 = time.perf_counter()
     try:
-        data = job.data
-        if data is None:
-            try:
-                data = Path(job.path).read_bytes()
-            except OSError as exc:
-                raise ImageReadError(job.path, exc.strerror or str(exc)) from None
+        data = job.data if job.data is not None else read_image_file(job.path)
+        fingerprint = content_fingerprint(data)
         image = _decode(data, job.path)
         del data
         feats = _matcher(config, describe=True).features(image)
         del image
     except ImageReadError as exc:
         return FeatureOutcome(job.name, None, str(exc), (time.perf_counter() - t0) * 1000)
-    return FeatureOutcome(job.name, strip_features(feats, config.cache_dtype), None, (time.perf_counter() - t0) * 1000)
+    ms = (time.perf_counter() - t0) * 1000
+    return FeatureOutcome(job.name, strip_features(feats, config.cache_dtype), None, ms, fingerprint)
 
 
 def match_pair(pair: tuple[str, str], f1: Features, f2: Features, config: BatchConfig) -> PairResult:
@@ -252,11 +253,13 @@ def ray_match_chunk(pairs: list[tuple[str, str]], config: BatchConfig, *outcomes
     return [match_pair(p, feats[p[0]], feats[p[1]], config) for p in pairs]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int | None = None) -> None:
     """Pool-worker start: die with the driver (Linux), leave Ctrl-C to the driver, use ``threads`` threads.
 
     Ctrl-C reaches every process of the terminal's group; the driver alone handles it, and
     shuts the pool down in order (a worker that died of it would break the pool mid-task).
+    A driver killed (``kill -9``) while this worker was still starting is caught here: the
+    death signal only covers a parent alive when it is set, so the parent is checked after.
     """
     import signal
 
@@ -264,7 +267,9 @@ def _init_worker(threads: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if driver is not None and os.getppid() != driver:  # the driver died before the line above
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_opencv()
     set_threads(threads)
@@ -331,6 +336,71 @@ class _MainlessSpawnContext(multiprocessing.context.SpawnContext):
     Process = _MainlessSpawnProcess
 
 
+@contextlib.contextmanager
+def _launching_workers():
+    """Around a call that may start worker processes (the pool's ``submit``).
+
+    * SIGINT is blocked in this thread: a process inherits its parent's blocked signals
+      across ``exec``, so a worker starts with Ctrl-C blocked and a Ctrl-C to the terminal's
+      process group while it still imports is not a traceback in every worker (its
+      initializer then ignores SIGINT for good);
+    * a Ctrl-C or SIGTERM that reaches the driver meanwhile (through another thread) is held
+      and re-raised afterwards: an interrupt between the start of a worker and the hand-over
+      of its start-up data would leave that worker to fail on a half-written pipe;
+    * the worker's stderr is the null device: a driver killed (``kill -9``) while a worker
+      starts would otherwise leave that worker's ``EOFError`` traceback on the terminal.
+      Workers report every outcome through their results, never on stderr.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    held: list[int] = []
+    before = {}
+    if main:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in before:
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    saved = None
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)
+
+
+def _start_resource_tracker_quietly() -> None:
+    """Start multiprocessing's helper process (it removes the pool's semaphores once every
+    process that used them has ended) with its stderr on the null device.
+
+    After a ``kill -9`` of the driver it has nothing to say but a "leaked semaphore objects"
+    warning, which it would print on the user's terminal after the shell prompt came back;
+    its clean-up is the same either way.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from multiprocessing import resource_tracker
+
+    if getattr(resource_tracker._resource_tracker, "_fd", None) is not None:
+        return  # already running (an earlier pool of this process)
+    with contextlib.suppress(OSError, AttributeError, ValueError), _launching_workers():
+        resource_tracker.ensure_running()
+
+
 class LocalBackend:
     """This process (``workers=1``) or a pool of ``workers`` spawned processes.
 
@@ -361,12 +431,14 @@ class LocalBackend:
                 _STATE["threads"] = self.threads
         elif self._pool is None:
             # spawn, not fork: the driver may already run OpenMP (FAISS) threads, which do not survive a fork.
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=worker_context(),
-                initializer=_init_worker,
-                initargs=(self.threads,),
-            )
+            _start_resource_tracker_quietly()
+            with _launching_workers():
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=worker_context(),
+                    initializer=_init_worker,
+                    initargs=(self.threads, os.getpid()),
+                )
 
     def close(self) -> None:
         if self._pool is not None:
@@ -392,7 +464,8 @@ class LocalBackend:
         try:
             while True:
                 for args in it:
-                    pending.add(self._pool.submit(fn, *args))
+                    with _launching_workers():  # a submit may start a worker process
+                        pending.add(self._pool.submit(fn, *args))
                     if len(pending) >= limit:
                         break
                 if not pending:
@@ -454,6 +527,101 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
 
 
+#: A watcher of the driver, in its own small process: when the driver ends, even by ``kill -9``,
+#: it kills what remains of the local Ray instance the driver started (Ray's dashboard and
+#: runtime-env agents outlive a killed driver by minutes otherwise). It only ever kills Ray's
+#: processes that it saw descend from the driver, checked by start time (no reused process id).
+_REAPER = r"""
+import os, signal, sys, time
+driver = int(sys.argv[1])
+me = os.getpid()
+ended = []
+signal.signal(signal.SIGTERM, lambda *a: ended.append(1))
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+def is_ray(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ray" in f.read()
+    except OSError:
+        return False
+def tree(pids):
+    seen, todo = {}, list(pids)
+    while todo:
+        pid = todo.pop()
+        when = started(pid)
+        if pid in seen or when is None or pid == me:
+            continue
+        seen[pid] = when
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return seen
+known = {}
+while not ended and os.getppid() == driver:
+    known = {p: w for p, w in known.items() if started(p) == w}
+    known.update((p, w) for p, w in tree([driver, *known]).items() if p != driver and is_ray(p))
+    time.sleep(0.5)
+for pid, when in known.items():
+    if started(pid) == when:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _start_ray_reaper():
+    """Start :data:`_REAPER` for the Ray processes this driver starts (Linux only); its ``Popen`` or None."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the terminal's group is not for it
+        )
+    except OSError:
+        return None
+
+
+def _signal_handlers() -> dict:
+    """This process's SIGINT and SIGTERM handlers (main thread only: elsewhere none can change)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    """Put back what :func:`_signal_handlers` saw, so that SIGTERM still stops a run like Ctrl-C
+    (finished pairs kept, exit code 130, Ray shut down by :meth:`RayBackend.close`)."""
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 class RayBackend:
     """The same work as Ray tasks, on a local Ray instance or a running cluster.
 
@@ -476,6 +644,7 @@ class RayBackend:
         self._owns = False
         self._refs: dict = {}
         self._started = False
+        self._reaper = None
 
     def start(self) -> None:
         if self._started:
@@ -490,12 +659,17 @@ class RayBackend:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             if self.address is not None:
                 _check_reachable(self.address)
+            if self.address is None:  # started first: a kill during ray.init leaves nothing either
+                self._reaper = _start_ray_reaper()
+            handlers = _signal_handlers()  # ray.init installs its own SIGTERM handler: exit 15 and a stack dump
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError) as exc:
                 cause = exc.__cause__
                 why = f"{exc}" + (f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})" if cause else "")
                 raise ConfigError(f"cannot connect to the Ray cluster at '{self.address}': {why[:400]}") from None
+            finally:
+                _restore_signal_handlers(handlers)
             self._owns = True
         self._features_task = ray.remote(num_cpus=1)(ray_compute_features)
         self._match_task = ray.remote(num_cpus=1)(ray_match_chunk)
@@ -512,6 +686,10 @@ class RayBackend:
             self.ray.shutdown()
         self._owns = False
         self._started = False
+        if self._reaper is not None:  # Ray is shut down: nothing left for it to watch
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper = None
 
     def _get(self, refs):
         try:
@@ -546,7 +724,10 @@ class RayBackend:
         self.start()
 
         def submit(job: FeatureJob):
-            data = job.data if job.data is not None else Path(job.path).read_bytes()
+            try:
+                data = job.data if job.data is not None else read_image_file(job.path)
+            except ImageReadError as exc:  # the outcome without a task
+                return self.ray.put(FeatureOutcome(job.name, None, str(exc)))
             ref = self._features_task.remote(FeatureJob(job.name, job.path, data), self._config_ref)
             self._refs[job.name] = ref
             return ref

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from ..detect import C_INT_MAX
-from ..errors import printable
+from ..errors import os_cause, printable
 from ..options import (
     FiniteFloatRange,
     descriptor_option,
@@ -54,6 +54,28 @@ def _expand(paths: tuple[str, ...], output: str | None = None) -> list[str]:
             raise StitchInputError(f"no images found in {printable(p)} (looked for {', '.join(IMAGE_SUFFIXES)})")
         out.extend(str(f) for f in images)
     return out
+
+
+def _read_image_list(path: Path) -> list[str]:
+    """The names an ``image_list.txt`` holds: the first word of each line (``#`` starts a comment).
+
+    Bytes that are not UTF-8 (a Latin-1 ``é``) are kept as Python spells such file names
+    (``os.fsdecode``), so the name finds the file it was written for.
+
+    Raises:
+        StitchInputError: the file cannot be read, or holds binary data.
+    """
+    from .config import StitchInputError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StitchInputError(f"cannot read '{printable(path)}': {os_cause(exc)}") from None
+    if b"\x00" in data:
+        raise StitchInputError(f"'{printable(path)}' is not a text list of image names (it holds binary data)")
+    text = data.decode("utf-8", errors="surrogateescape")
+    lines = (ln.split("#")[0].split() for ln in text.splitlines())
+    return [words[0] for words in lines if words]
 
 
 @click.command("stitch")
@@ -170,7 +192,7 @@ def stitch_command(
     from ..geometry import GeometryConfig
     from ..match import MatchConfig
     from ..pipeline import Matcher
-    from ..plot import check_output_path, write_image
+    from ..plot import check_not_an_input, check_output_path, remove_stale_temporaries, write_image
     from .config import StitchConfig, StitchInputError
     from .stitcher import stitch
 
@@ -178,8 +200,12 @@ def stitch_command(
     if len(files) < 2:
         raise StitchInputError(f"stitching needs at least 2 images, got {len(files)}")
     check_output_path(output, "-o")  # before any work: a bad output path must not cost a whole stitch
+    check_not_an_input(output, "-o", files)
     if plot:
         check_output_path(plot, "--plot")
+        check_not_an_input(plot, "--plot", files + [output])
+    for leftover in remove_stale_temporaries(output) + (remove_stale_temporaries(plot) if plot else []):
+        click.echo(f"featmatch: warning: removed '{printable(leftover)}', left by an interrupted write", err=True)
     matcher = Matcher(
         descriptor,
         detect=DetectConfig(max_keypoints=max_keypoints, max_side=max_side),
