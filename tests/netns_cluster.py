@@ -182,13 +182,16 @@ class NetnsCluster:
             time.sleep(0.2)
         raise TimeoutError(f"node {node.name} did not start in {timeout:.0f} s: {node.log.read_text()[-2000:]}")
 
-    def start_head(self, cpus: int = 1, timeout: float = 60) -> Node:
-        """The head, with token authentication: the token in its ~/.ray/auth_token (as ``ray start`` finds it)."""
+    def start_head(self, cpus: int = 1, hide: bool = True, timeout: float = 60) -> Node:
+        """The head, with token authentication: the token in its ~/.ray/auth_token (as ``ray start`` finds it).
+
+        ``hide``: cover the cluster's ``hide`` folders (False when the driver runs on the head).
+        """
         node = self.new_host("h")
         (node.home / ".ray").mkdir()
         (node.home / ".ray" / "auth_token").write_text(self.token)
         args = ["--head", "--port", str(GCS_PORT), "--num-cpus", str(cpus), "--include-dashboard", "false"]
-        return self._ray_start(node, args, {}, timeout)
+        return self._ray_start(node, args, {}, timeout, hide)
 
     def start_node(self, node: Node, cpus: int = 1, hide: bool = True, timeout: float = 60) -> Node:
         """Join ``node`` (from :meth:`new_host`) to the head, the token given as Ray documents for nodes.
