@@ -37,6 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 SUBNET = "10.77.0"
 HEAD_IP = f"{SUBNET}.1"
 GCS_PORT = 6379
+#: What every node and driver imports first: the featmatch under test (then this process's PYTHONPATH).
+PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+#: The head's health checks in the test: a node that stops answering is dead after ~3 s (Ray: ~30 s).
+HEALTH_CHECK = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
 #: Name prefix of every namespace made here ("fmr<pid>"): stale ones are found by their PID.
 PREFIX = "fmr"
 
@@ -148,7 +156,7 @@ class NetnsCluster:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(node.home),
-            "PYTHONPATH": str(REPO),  # the workers import the featmatch under test
+            "PYTHONPATH": PYTHONPATH,  # the workers import the featmatch under test
             "LANG": "C.UTF-8",
         }
         env.update(extra)
@@ -182,16 +190,20 @@ class NetnsCluster:
             time.sleep(0.2)
         raise TimeoutError(f"node {node.name} did not start in {timeout:.0f} s: {node.log.read_text()[-2000:]}")
 
-    def start_head(self, cpus: int = 1, hide: bool = True, timeout: float = 60) -> Node:
+    def start_head(
+        self, cpus: int = 1, hide: bool = True, fast_failure_detection: bool = True, timeout: float = 60
+    ) -> Node:
         """The head, with token authentication: the token in its ~/.ray/auth_token (as ``ray start`` finds it).
 
         ``hide``: cover the cluster's ``hide`` folders (False when the driver runs on the head).
+        ``fast_failure_detection``: the head's GCS declares a silent node dead after about 3 s
+        (:data:`HEALTH_CHECK`) rather than Ray's default of about 30 s, to keep the test short.
         """
         node = self.new_host("h")
         (node.home / ".ray").mkdir()
         (node.home / ".ray" / "auth_token").write_text(self.token)
         args = ["--head", "--port", str(GCS_PORT), "--num-cpus", str(cpus), "--include-dashboard", "false"]
-        return self._ray_start(node, args, {}, timeout, hide)
+        return self._ray_start(node, args, HEALTH_CHECK if fast_failure_detection else {}, timeout, hide)
 
     def start_node(self, node: Node, cpus: int = 1, hide: bool = True, timeout: float = 60) -> Node:
         """Join ``node`` (from :meth:`new_host`) to the head, the token given as Ray documents for nodes.
@@ -206,7 +218,9 @@ class NetnsCluster:
         """A bare host (no Ray node) to run commands in: ``sleep`` as PID 1 of its namespaces."""
         cmd = ["ip", "netns", "exec", node.netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
         node.pid1 = None
-        node.proc = subprocess.Popen([*cmd, "sleep", "3600"], preexec_fn=_die_with_parent)
+        node.proc = subprocess.Popen(
+            [*cmd, "sleep", "3600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while node.pid1 is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError, IndexError):
@@ -216,7 +230,7 @@ class NetnsCluster:
 
     def popen_on(self, node: Node, args: list[str], env: dict, **kw) -> subprocess.Popen:
         """Start ``args`` on ``node``'s host: its network, PID and mount namespaces."""
-        full = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "PYTHONPATH": str(REPO), **env}
+        full = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "PYTHONPATH": PYTHONPATH, **env}
         cmd = ["nsenter", "-t", str(node.pid1), "-n", "-p", "-m", "--", *args]
         return subprocess.Popen(cmd, env=full, preexec_fn=_die_with_parent, **kw)
 

@@ -15,6 +15,7 @@ backend's, and a run that loses the worker node mid-run. ``.ci/run`` sets
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -208,9 +209,14 @@ def _one_error_line(stderr: str) -> str:
 def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_dir, tmp_path):
     from .netns_cluster import GCS_PORT, HEAD_IP, NetnsCluster
 
+    t_start = time.monotonic()
+
+    def step(what: str) -> None:  # shown with -s, and with a failure
+        print(f"[{time.monotonic() - t_start:5.1f} s] {what}", flush=True)
+
     work = tmp_path / "driver"
     crops = make_crop_set(
-        data_dir, work / "imgs", photos=TEST_PHOTOS[:6], crops_per_photo=8, photo_side=1200, crop_shape=(480, 640)
+        data_dir, work / "imgs", photos=TEST_PHOTOS[:6], crops_per_photo=6, photo_side=1200, crop_shape=(480, 640)
     )
     # The reference: the local backend, in this process.
     ref_out = tmp_path / "local.jsonl"
@@ -218,6 +224,7 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
     ref = {(d["image1"], d["image2"]): d for d in _results(ref_out)}
     assert len(ref) == len(crops.names) * (len(crops.names) - 1) // 2
 
+    step("reference run (local backend) done")
     address = f"{HEAD_IP}:{GCS_PORT}"
     featmatch = [sys.executable, "-m", "featmatch.cli", "batch", str(crops.folder), "-n", KEYPOINTS]
     featmatch += ["--backend", "ray", "--ray-address", address]
@@ -225,6 +232,7 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
     try:
         cluster.start_head(cpus=1)
         worker = cluster.start_node(cluster.new_host("w"), cpus=1)
+        step("head and worker node up")
         driver = cluster.new_host("d")
         home = driver.home
         (home / ".ray").mkdir()
@@ -237,8 +245,20 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
         took = time.monotonic() - t0
         assert res.returncode == 2 and "not a node of the Ray cluster" in _one_error_line(res.stderr), res.stderr
         assert took < 30, took
+        step("1. not a node: checked")
+        # ... from where Ray Client (ray://, pip install 'ray[client]') does work, or says in one line what to install.
+        client = [*featmatch[:-1], f"ray://{HEAD_IP}:10001", "-p", "sequential:1", "-q", "-o", str(work / "c.jsonl")]
+        res = cluster.run_on(driver, client, env, timeout=120)
+        if importlib.util.find_spec("grpc") is not None:
+            assert res.returncode == 0 and res.stderr.strip() == "", res.stderr[-3000:]
+            got = _results(work / "c.jsonl")
+            assert len(got) == len(crops.names) - 1
+            _assert_same_as_local(got, {(d["image1"], d["image2"]): ref[d["image1"], d["image2"]] for d in got})
+        else:
+            assert res.returncode == 2 and "pip install 'ray[client]'" in _one_error_line(res.stderr), res.stderr
         cluster.kill(driver)
 
+        step("1b. ray:// checked")
         cluster.start_node(driver, cpus=0, hide=False)  # the driver's machine joins, as the recipe says
         # 2. A wrong token: one line, in seconds.
         t0 = time.monotonic()
@@ -248,6 +268,7 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
         assert res.returncode == 2 and "refused this machine" in _one_error_line(res.stderr), res.stderr
         assert time.monotonic() - t0 < 30
 
+        step("2. wrong token: checked")
         # 3. The token where `ray start` writes it (RAY_AUTH_MODE unset): the whole run, no Ray chatter.
         (home / ".ray" / "auth_token").write_text(cluster.token)
         out = work / "r.jsonl"
@@ -259,6 +280,7 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
         ran_on_worker = list(worker.temp.glob("session_*/logs/worker-*"))
         assert ran_on_worker, "no task ran on the worker node"
 
+        step("3. full run: checked")
         # 4. The worker node is lost mid-run (the token from RAY_AUTH_TOKEN this time).
         out2 = work / "r2.jsonl"
         env = {"HOME": str(tmp_path), AUTH_TOKEN_ENV: cluster.token}
@@ -273,6 +295,7 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
                 break
             time.sleep(0.05)
         cluster.kill(worker)
+        step(f"4. worker node killed after {done_at_kill} pairs")
         try:
             stdout, stderr = proc.communicate(timeout=180)
         except subprocess.TimeoutExpired:
@@ -288,5 +311,6 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
             assert proc.returncode == 0, stderr[-3000:]
             assert stderr.strip() == "", stderr[-3000:]
         _assert_same_as_local(_results(out2), ref)
+        step(f"4. the run lost its worker node and ended with exit code {proc.returncode}: checked")
     finally:
         cluster.close()

@@ -253,8 +253,9 @@ def check_cluster(address: RayAddress) -> str:
                 f"--ray-address {printable(address.text)} uses Ray Client, which is not installed: "
                 "pip install 'ray[client]' (or run on a node of the cluster with --ray-address HEAD:6379)"
             )
-        enable_token_auth()
+        source = enable_token_auth()
         check_reachable(address.host, address.port, address.text)
+        _probe_client_server(address, source)
         return address.for_ray
     shown = address.text
     if address.kind == "auto":
@@ -292,6 +293,42 @@ def _gcs_client(address: RayAddress, host: str, port: int, shown: str, source: s
             f"'{printable(shown)}' answers, but not as the head of a Ray cluster ({first}); "
             "the address is `ray start --head --port`'s, and every machine needs the same Ray version"
         ) from None
+
+
+def _probe_client_server(address: RayAddress, source: str | None) -> None:
+    """One ping to the Ray Client server (Ray's client would retry a refused token for 30 s)."""
+    try:
+        import grpc
+        import ray.core.generated.ray_client_pb2 as pb
+        import ray.core.generated.ray_client_pb2_grpc as pb_grpc
+        from ray._private.grpc_utils import init_grpc_channel
+    except ImportError:  # another Ray: ray.init alone will tell
+        return
+    try:
+        channel = init_grpc_channel(address.hostport, options=[], asynchronous=False)
+    except Exception:  # noqa: BLE001 - another Ray's signature: ray.init alone will tell
+        return
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+        request = pb.ClusterInfoRequest()
+        request.type = pb.ClusterInfoType.PING
+        pb_grpc.RayletDriverStub(channel).ClusterInfo(request, timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise RayClusterError(
+            f"'{printable(address.text)}' answers, but not as a Ray Client server (no gRPC); "
+            "is it the head's Ray Client port (10001 unless `ray start --ray-client-server-port` said otherwise)?"
+        ) from None
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise RayClusterError(
+                f"the Ray cluster at '{printable(address.text)}' refused this machine: {_token_hint(source)}"
+            ) from None
+        raise RayClusterError(
+            f"the Ray Client server at '{printable(address.text)}' failed: {exc.code().name} "
+            f"{printable((exc.details() or '').strip()[:200])}"
+        ) from None
+    finally:
+        channel.close()
 
 
 def _check_local_node(client, shown: str, join: str) -> None:

@@ -426,6 +426,10 @@ class RayBackend:
                 target = None
             else:
                 target = check_cluster(self._address)  # seconds, one line on failure
+                if self._address.kind == "client" and not verbose:
+                    import warnings  # Ray Client warns when tasks carry megabytes: image bytes do, by design
+
+                    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.util\.client")
             try:
                 # The driver's C++ core logs on stderr too (objects recovered after a node's loss).
                 with core_log_level(None if verbose or target is None else "fatal"):
