@@ -281,6 +281,14 @@ def test_batch_on_a_cluster_across_namespaces_and_a_node_lost(netns_ready, data_
         assert ran_on_worker, "no task ran on the worker node"
 
         step("3. full run: checked")
+        # 3b. `auto`: the cluster this machine is a node of (found from its raylet, as Ray does).
+        auto = [*featmatch[:-1], "auto", "-p", "sequential:1", "-q", "-o", str(work / "a.jsonl")]
+        res = cluster.run_on(driver, auto, {"HOME": str(home)}, timeout=120)
+        assert res.returncode == 0 and res.stderr.strip() == "", res.stderr[-3000:]
+        got = _results(work / "a.jsonl")
+        assert len(got) == len(crops.names) - 1
+        _assert_same_as_local(got, {(d["image1"], d["image2"]): ref[d["image1"], d["image2"]] for d in got})
+        step("3b. auto: checked")
         # 4. The worker node is lost mid-run (the token from RAY_AUTH_TOKEN this time).
         out2 = work / "r2.jsonl"
         env = {"HOME": str(tmp_path), AUTH_TOKEN_ENV: cluster.token}
