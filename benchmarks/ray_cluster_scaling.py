@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def main() -> None:
                 on_cluster(f"ray, {nodes} worker node{'s' * (nodes > 1)} x 1 CPU")
     finally:
         cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| run | matching pairs/s | matching s | total s (features + matching + start) |")
     print("|---|---|---|---|")
