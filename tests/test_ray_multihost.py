@@ -6,7 +6,7 @@ The first part needs no cluster: addresses in Ray's forms, bad ones rejected in 
 The ``multihost`` test runs a real Ray cluster whose nodes share nothing but a network:
 a head and a worker node (1 CPU each) and a driver's node (0 CPUs), each in its own network,
 PID and mount namespace (:mod:`tests.netns_cluster`; needs root and iproute2), token
-authentication on as Ray 2.5x sets it up. The driver runs ``featmatch batch`` as a user would
+authentication on as Ray 2.60 sets it up. The driver runs ``featmatch batch`` as a user would
 on a machine that joined the cluster; the head and worker nodes cannot see the driver's files.
 It checks the one-line failures (not a node yet, wrong token), a full run equal to the local
 backend's, and a run that loses the worker node mid-run. ``.ci/run`` sets

@@ -9,7 +9,7 @@
   from a machine outside the cluster;
 * ``auto`` -- the cluster running on this machine (``RAY_ADDRESS``, else the last ``ray start``).
 
-Ray 2.5x and later turns on token authentication on a cluster whose head finds a token
+Ray (2.60, the version tested) turns on token authentication on a cluster whose head finds a token
 (``~/.ray/auth_token``, written by ``ray get-auth-token --generate`` or by a first local
 ``ray.init()``); a driver then has to present it, but Ray's driver presents a token only when
 ``RAY_AUTH_MODE=token`` is set. :func:`enable_token_auth` sets it when a token is at hand
