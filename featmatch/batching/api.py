@@ -34,6 +34,7 @@ from .config import BACKENDS, DEFAULT_BATCH_DESCRIPTOR, BatchConfig, feature_fin
 from .inputs import ImageEntry, content_fingerprint, list_images, read_bytes, split_special
 from .outputs import check_outputs
 from .pairs import PairsSpec, exhaustive_pairs, parse_pairs_spec, read_pairs_file, sequential_pairs, shortlist_pairs
+from .raycluster import parse_ray_address
 from .results import ERROR, NO_HOMOGRAPHY, VERIFIED, BatchSummary, PairResult, ResultsLog, error_result
 from .runner import LocalBackend, RayBackend
 
@@ -130,6 +131,8 @@ def batch(
         raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if ray_address is not None and backend != "ray":
         raise ConfigError("--ray-address needs --backend ray")
+    if ray_address is not None:
+        parse_ray_address(ray_address)  # a bad address is a usage error, found before any work
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if limit is not None and limit < 0:
@@ -345,6 +348,7 @@ class BatchRun(Iterator[PairResult]):
             from .runner import FeatureJob
 
             jobs = [FeatureJob(e.name, str(e.path)) for e in todo]
+            self.runner.start()  # a cluster that cannot be used fails here, before any progress bar
             computed = 0
             with _bar(self.progress, total=len(jobs), desc="features", unit="img") as bar:
                 for out in self.runner.features(jobs):
@@ -440,6 +444,8 @@ class BatchRun(Iterator[PairResult]):
             for a, b in bad:
                 why = self.failed.get(a) or self.failed.get(b)
                 yield record(error_result(a, b, why))
+            if good:
+                self.runner.start()  # as above: connect before the bar
             t_match = time.perf_counter()
             with _bar(self.progress, total=len(good), desc="matching", unit="pair", smoothing=0.05) as bar:
                 try:

@@ -44,8 +44,9 @@ from .pairs import DEFAULT_SEQUENTIAL_K, DEFAULT_SHORTLIST_K
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True, help="Where the work runs.")
 @click.option(
     "--ray-address",
-    help="A running Ray cluster (host:6379, ray://head:10001 or auto; its nodes need featmatch installed); "
-    "default: start a local instance.",
+    help="A running Ray cluster: HOST:PORT (the head's `ray start --head --port`; run batch on a node of the "
+    "cluster), ray://HOST:10001 (Ray Client) or auto. Its token is read from RAY_AUTH_TOKEN or ~/.ray/auth_token; "
+    "every node needs featmatch installed (docs/batch-cluster.md). Default: $RAY_ADDRESS, else a local instance.",
 )
 @click.option("--limit", type=click.IntRange(min=0), help="Match at most this many new pairs, then stop.")
 @pipeline_options(device="cpu")
@@ -109,7 +110,9 @@ def batch_command(
       featmatch batch examples/river -o river.jsonl -d hardnet
     \b
     Exit codes: 0 the run finished (pairs without a homography are results, not failures),
-    2 bad usage or input (or --backend ray without Ray installed), 130 interrupted.
+    2 bad usage or input (or --backend ray without Ray installed, a Ray cluster that
+    cannot be reached or refuses the token, or one that lost the run's work: run the same
+    command again to continue), 130 interrupted.
     """
     from .api import batch
 

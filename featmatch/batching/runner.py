@@ -16,7 +16,6 @@ import multiprocessing
 import multiprocessing.context
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from ..pipeline import Features, Matcher
 from .cache import FeatureCache, strip_features
 from .config import BatchConfig, weights_id
 from .inputs import content_fingerprint
+from .raycluster import RayClusterError, check_cluster, core_log_level, parse_ray_address
 from .results import NO_HOMOGRAPHY, VERIFIED, PairResult
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 RAY_INSTALL_HINT = "pip install 'featmatch[ray]' (or: pip install ray)"
 #: Tasks kept queued per worker: enough to keep workers busy, few enough to stop fast.
 QUEUE_PER_WORKER = 4
+#: Seconds without a finished Ray task after which the backend checks that the cluster still has CPUs.
+STALL_CHECK_S = 10.0
+#: What to do about a cluster without CPUs.
+NO_CPU_HINT = "join a node with `ray start --address HEAD:PORT --num-cpus N`"
 #: Most pairs per task: a pair often takes about a millisecond, as little as a task's overhead.
 MAX_CHUNK = 16
 
@@ -510,23 +514,6 @@ def import_ray():
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast (instead of Ray's minutes of retries) when a ``host:port`` address does not answer.
-
-    Raises:
-        ConfigError: nothing listens there.
-    """
-    target = address.removeprefix("ray://")
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return  # "auto" and other forms are Ray's to interpret
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at '{address}': {exc.strerror or exc}") from None
-
-
 #: A watcher of the driver, in its own small process: when the driver ends, even by ``kill -9``,
 #: it kills what remains of the local Ray instance the driver started (Ray's dashboard and
 #: runtime-env agents outlive a killed driver by minutes otherwise). It only ever kills Ray's
@@ -628,15 +615,21 @@ class RayBackend:
     Args:
         config: what to compute.
         workers: CPUs of the local instance this backend starts (ignored with ``address``).
-        address: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None
-            starts a local instance, unless Ray is already initialized in this process.
+        address: a running cluster (``host:6379``, ``ray://host:10001`` or ``auto``, see
+            :mod:`.raycluster`); None: ``RAY_ADDRESS`` if set, else a local instance, unless Ray
+            is already initialized in this process.
 
-    Cluster nodes need featmatch installed in the same environment as the driver.
+    Cluster nodes need featmatch installed in the same environment as the driver. A bad
+    address raises :class:`ConfigError` here; an unusable cluster raises
+    :class:`~.raycluster.RayClusterError` from :meth:`start`, within seconds.
     """
 
     name = "ray"
 
     def __init__(self, config: BatchConfig, workers: int | None = None, address: str | None = None):
+        if address is None and os.environ.get("RAY_ADDRESS"):
+            address = os.environ["RAY_ADDRESS"]  # what ray.init() itself would connect to
+        self._address = None if address is None else parse_ray_address(address)
         self.ray = import_ray()
         self.config = config
         self.workers = workers
@@ -652,29 +645,50 @@ class RayBackend:
         ray = self.ray
         # Ray's start-up notices (e.g. its token-authentication warning) are not featmatch's
         # business: shown with -v only (ray.init sets its "ray" logger's level).
-        level = logging.WARNING if logger.isEnabledFor(logging.INFO) else logging.ERROR
         if not ray.is_initialized():
-            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=level)
-            if self.address is None:
+            verbose = logging.getLogger("featmatch").isEnabledFor(logging.INFO)  # featmatch -v
+            # Ray's notices (token authentication on, objects recovered after a node's loss) are
+            # not the user's business unless -v: featmatch says in one line what went wrong.
+            kwargs = dict(
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING if verbose else logging.ERROR,
+            )
+            if self._address is None:
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
-            if self.address is not None:
-                _check_reachable(self.address)
-            if self.address is None:  # started first: a kill during ray.init leaves nothing either
+                target = None
+            else:
+                target = check_cluster(self._address)  # seconds, one line on failure
+                if self._address.kind == "client" and not verbose:
+                    import warnings  # Ray Client warns when tasks carry megabytes: image bytes do, by design
+
+                    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.util\.client")
+            if self._address is None:  # started first: a kill during ray.init leaves nothing either
                 self._reaper = _start_ray_reaper()
             handlers = _signal_handlers()  # ray.init installs its own SIGTERM handler: exit 15 and a stack dump
             try:
-                ray.init(address=self.address, **kwargs)
-            except (ConnectionError, RuntimeError) as exc:
+                # The driver's C++ core logs on stderr too (objects recovered after a node's loss).
+                with core_log_level(None if verbose or target is None else "fatal"):
+                    ray.init(address=target, **kwargs)
+            except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
                 cause = exc.__cause__
                 why = f"{exc}" + (f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})" if cause else "")
-                raise ConfigError(f"cannot connect to the Ray cluster at '{self.address}': {why[:400]}") from None
+                where = (
+                    "start a local Ray instance"
+                    if target is None
+                    else f"connect to the Ray cluster at '{self.address}'"
+                )
+                raise RayClusterError(f"cannot {where}: {' '.join(why.split())[:400]}") from None
             finally:
                 _restore_signal_handlers(handlers)
             self._owns = True
         self._features_task = ray.remote(num_cpus=1)(ray_compute_features)
         self._match_task = ray.remote(num_cpus=1)(ray_match_chunk)
         self._config_ref = ray.put(self.config)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < 1:
+            self.close()
+            raise RayClusterError(f"the Ray cluster at '{self.address}' has no CPUs: {NO_CPU_HINT}")
         self._cpus = cpus
         self._limit = max(2, QUEUE_PER_WORKER * cpus)
         logger.info("ray: %s, %d CPUs", "local instance" if self.address is None else self.address, cpus)
@@ -699,6 +713,12 @@ class RayBackend:
             if isinstance(cause, FeatmatchError):
                 raise cause from None
             raise
+        except self.ray.exceptions.RayError as exc:  # the cluster failed (a node lost beyond Ray's retries)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise RayClusterError(
+                f"the Ray cluster lost work ({type(exc).__name__}: {first}); "
+                "run the same command again to continue (finished pairs are kept)"
+            ) from None
 
     def _stream(self, submit, items: Iterable) -> Iterator:
         ray = self.ray
@@ -712,7 +732,14 @@ class RayBackend:
                         break
                 if not pending:
                     return
-                ready, pending = ray.wait(pending, num_returns=1)
+                ready, pending = ray.wait(pending, num_returns=1, timeout=STALL_CHECK_S)
+                if not ready:  # nothing finished for a while: still anywhere to run?
+                    if self.ray.cluster_resources().get("CPU", 0) < 1:
+                        raise RayClusterError(
+                            f"the Ray cluster has no CPUs left (its nodes were lost): {NO_CPU_HINT}; "
+                            "then run the same command again to continue (finished pairs are kept)"
+                        )
+                    continue
                 more, pending = ray.wait(pending, num_returns=len(pending), timeout=0) if pending else ([], [])
                 yield from self._get(ready + more)
         finally:
