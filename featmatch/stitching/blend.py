@@ -5,7 +5,8 @@
 - Seams: every canvas pixel belongs to the image whose border is farthest (a distance-transform
   Voronoi split), so that each detail comes from one image only: no double edges.
 - Blending: OpenCV's ``MultiBandBlender`` on those seams (Laplacian pyramids), its
-  ``FeatherBlender`` over the full overlaps, or ``none`` (the seam owner's pixel).
+  a feather over the full overlaps (weights: distance to the image's own border), or ``none``
+  (the seam owner's pixel).
 """
 
 from __future__ import annotations
@@ -124,24 +125,41 @@ def blend(
             take = owner[y : y + rh, x : x + rw] == k
             pano[y : y + rh, x : x + rw][take] = _apply_gain(w.image, gains[k])[take].astype(np.uint8)
         return pano, valid, owner
+    if kind == "feather":
+        return _feather(warped, canvas, gains), valid, owner
     blend_width = np.sqrt(float(valid.sum())) * 0.05
-    if kind == "multiband":
-        bands = int(max(1, min(8, np.ceil(np.log2(max(blend_width, 2.0))) - 1)))
-        blender = cv2.detail.MultiBandBlender(0, bands)
-    else:
-        blender = cv2.detail.FeatherBlender(1.0 / max(blend_width, 1.0))
+    bands = int(max(1, min(8, np.ceil(np.log2(max(blend_width, 2.0))) - 1)))
+    blender = cv2.detail.MultiBandBlender(0, bands)
     blender.prepare((0, 0, width, height))
     for k, w in enumerate(warped):
         x, y, rw, rh = w.roi
-        if kind == "multiband":
-            mask = ((owner[y : y + rh, x : x + rw] == k) & (w.mask > 0)).astype(np.uint8) * 255
-        else:
-            mask = w.mask
+        mask = ((owner[y : y + rh, x : x + rw] == k) & (w.mask > 0)).astype(np.uint8) * 255
         blender.feed(_apply_gain(w.image, gains[k]), mask, (x, y))
     result, _ = blender.blend(None, None)
     pano = np.clip(result, 0, 255).astype(np.uint8)
     pano[~valid] = 0
     return pano, valid, owner
+
+
+def _feather(warped: list[Warped], canvas: tuple[int, int], gains: np.ndarray) -> np.ndarray:
+    """Every image weighted by its pixels' distance to its own border: a linear ramp across each overlap.
+
+    The distance is taken with a zero border around each mask (as :func:`seam_owners` does):
+    a mask that fills its region has no zero pixel, and OpenCV's ``FeatherBlender`` then gives
+    every pixel the same weight, a flat average between two hard steps. Its int16 arithmetic
+    also quantizes the ramp in steps of 4 and overshoots at the ends, so the weighted sum is
+    done here in float32.
+    """
+    width, height = canvas
+    acc = np.zeros((height, width, 3), np.float32)
+    total = np.zeros((height, width), np.float32)
+    for k, w in enumerate(warped):
+        x, y, rw, rh = w.roi
+        dist = cv2.distanceTransform(np.pad(w.mask, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        acc[y : y + rh, x : x + rw] += _apply_gain(w.image, gains[k]).astype(np.float32) * dist[..., None]
+        total[y : y + rh, x : x + rw] += dist
+    pano = acc / np.maximum(total, 1e-6)[..., None]
+    return np.clip(np.rint(pano), 0, 255).astype(np.uint8)
 
 
 def largest_rectangle(valid: np.ndarray, max_side: int = 480) -> tuple[int, int, int, int]:
