@@ -75,3 +75,41 @@ def test_a_second_scene_that_matches_itself_is_not_retried(two_scenes):
         r = stitch([a, c, b, d], descriptor="sift", max_keypoints=1000)
     assert r.placed == (0, 2) and r.dropped == (1, 3)
     assert "retry" not in r.timings_ms
+
+
+# -- colour ------------------------------------------------------------------------------------
+
+
+def _tone(img: np.ndarray, gamma: float, cast: tuple[float, float, float]) -> np.ndarray:
+    """Another camera's look: a response curve and a white balance (BGR gains), clipped."""
+    out = 255.0 * (img / 255.0) ** gamma * np.array(cast)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _output_over_input(r, photo: np.ndarray, cols: slice) -> np.ndarray:
+    """Per channel, the panorama's mean over the photo's mean in a band of the photo's columns."""
+    back = cv2.warpPerspective(r.panorama, np.linalg.inv(r.homographies[0]), photo.shape[1::-1])
+    band = (slice(20, photo.shape[0] - 20), cols)
+    return back[band].reshape(-1, 3).mean(0) / photo[band].reshape(-1, 3).mean(0)
+
+
+def test_a_white_balance_and_response_difference_disappears():
+    photo = cv2.imread(str(EVALDATA / "astronaut.png"))
+    left = np.ascontiguousarray(photo[:, :320])
+    right = _tone(np.ascontiguousarray(photo[:, 192:]), 0.9, (1.15, 1.0, 0.85))
+    r = stitch([left, right], descriptor="sift", max_keypoints=1000, projection="planar")
+    assert r.placed == (0, 1)
+    a = _output_over_input(r, photo, slice(20, 170))  # only the left image
+    b = _output_over_input(r, photo, slice(360, 490))  # only the right one
+    assert np.abs(a / b - 1).max() < 0.04, (a, b)  # one look on both sides (one gray gain: 15% apart)
+
+
+def test_tone_curves_equalize_a_darker_copy_exactly():
+    from featmatch.stitching import exposure
+
+    photo = cv2.imread(str(EVALDATA / "astronaut.png"))[:288, :288]
+    mask = np.full(photo.shape[:2], 255, np.uint8)
+    dark = np.ascontiguousarray((photo[:, 40:].astype(np.float32) * 0.7).astype(np.uint8))
+    a, b = exposure.compensate([Warped(0, photo, mask, (0, 0)), Warped(1, dark, mask[:, 40:], (40, 0))])
+    diff = a.image[:, 40:].astype(float) - b.image.astype(float)
+    assert abs(diff.mean()) < 1.0 and np.abs(diff).mean() < 2.0, (diff.mean(), np.abs(diff).mean())

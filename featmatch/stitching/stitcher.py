@@ -26,7 +26,7 @@ from ..geometry import project
 from ..imageio import Image, ImageLike, load_image
 from ..pipeline import Matcher
 from . import blend as blending
-from . import camera, graph, refine, warp
+from . import camera, exposure, graph, refine, warp
 from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
 
 logger = logging.getLogger(__name__)
@@ -354,8 +354,9 @@ def stitch(
     timings["warp"] = _ms(t0)
 
     t0 = time.perf_counter()
-    gains = blending.exposure_gains(warped) if cfg.exposure and len(warped) > 1 else None
-    pano, valid, owner = blending.blend(warped, canvas, cfg.blend, gains)
+    if cfg.exposure and len(warped) > 1:
+        warped = exposure.compensate(warped)
+    pano, valid, owner = blending.blend(warped, canvas, cfg.blend)
     crop = (0, 0, canvas[0], canvas[1])
     if cfg.crop:
         crop = blending.largest_rectangle(valid)

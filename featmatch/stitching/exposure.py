@@ -1,0 +1,197 @@
+"""Colour compensation: a tone curve per image and channel (exposure, white balance and the
+camera's response), then gains that vary across each image (blocks), both fitted on the
+overlaps at the seam resolution.
+
+1. Tone curves. Two photos of one sky differ by more than a gain: the brighter one is
+   compressed towards white by the camera's response and clips its blue channel first, so
+   that the sky is teal in one photo and blue in the next even after the best gray or
+   per-channel gain. Every image ``i`` gets per channel a piecewise-linear curve ``T_i``
+   (knots every 32 levels) so that overlapping pixels agree, ``T_i(a) = T_j(b)`` for the
+   values ``a``, ``b`` of one canvas pixel in images ``i`` and ``j``; the mean curve is held
+   at the identity, and a smoothness and a weak identity prior settle the levels that no
+   overlap shows. The curves are linear in their knots: one least-squares solve per channel,
+   reweighted twice (Huber) so that moving things and small misalignments count little.
+   One gray gain per image (Brown & Lowe, OpenCV's ``GainCompensator``) is a special case.
+2. Blocks. What one curve per image cannot fix (vignetting, a sky brightening towards the
+   sun) is fitted by OpenCV's ``BlocksChannelsCompensator`` on the images already corrected
+   by step 1: gains per 32x32 block of the low-resolution images, smoothed, and upsampled to
+   each image's size when applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .warp import Warped
+
+logger = logging.getLogger(__name__)
+
+#: Knots of the tone curves (levels 0..255).
+KNOTS = np.linspace(0.0, 255.0, 9)
+#: Sample pairs where both values are at or above this are clipped in both: no evidence.
+CLIPPED = 254
+#: Block size (pixels of the low-resolution images) of the spatially varying gains.
+BLOCK = 32
+#: Weights of the priors, relative to the data (whose weights sum to 1 per channel).
+MEAN_PRIOR, SMOOTH_PRIOR, IDENTITY_PRIOR = 10.0, 1e-2, 1e-3
+#: Most sample pairs drawn from one overlap.
+SAMPLES_PER_PAIR = 20000
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """Colour corrections of the images of one panorama.
+
+    Attributes:
+        curves: ``(n, 3, 256)`` float32 tone curve per image and BGR channel (level -> level).
+        block_gains: per image a ``(by, bx, 3)`` float32 map of further gains over its
+            region, bilinearly upsampled when applied (``(1, 1, 3)`` ones: none).
+    """
+
+    curves: np.ndarray
+    block_gains: tuple[np.ndarray, ...]
+
+    def apply(self, k: int, w: Warped) -> Warped:
+        """Image ``k`` with its curves and gains applied."""
+        h, wd = w.image.shape[:2]
+        out = np.empty(w.image.shape, np.float32)
+        for c in range(3):
+            out[..., c] = self.curves[k, c][w.image[..., c]]
+        gain = self.block_gains[k]
+        if gain.shape[:2] != (1, 1) or not np.all(gain == 1):
+            out *= cv2.resize(gain, (wd, h), interpolation=cv2.INTER_LINEAR).reshape(h, wd, 3)
+        return Warped(w.index, np.clip(out + 0.5, 0, 255).astype(np.uint8), w.mask, w.corner)
+
+
+def _hat_basis() -> np.ndarray:
+    """``(256, K)``: level -> weights of the knots (linear interpolation)."""
+    levels = np.arange(256.0)
+    step = KNOTS[1] - KNOTS[0]
+    return np.clip(1.0 - np.abs(levels[:, None] - KNOTS[None, :]) / step, 0.0, 1.0)
+
+
+def overlap_samples(small: list[Warped], seed: int = 0) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(i, j, a, b)`` per overlapping pair: ``(m, 3)`` uint8 values of the same canvas pixels."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(len(small)):
+        for j in range(i + 1, len(small)):
+            r = _intersect(small[i].roi, small[j].roi)
+            if r is None:
+                continue
+            both = (_crop(small[i], r, small[i].mask) > 0) & (_crop(small[j], r, small[j].mask) > 0)
+            a, b = _crop(small[i], r, small[i].image)[both], _crop(small[j], r, small[j].image)[both]
+            if len(a) > SAMPLES_PER_PAIR:
+                pick = rng.choice(len(a), SAMPLES_PER_PAIR, replace=False)
+                a, b = a[pick], b[pick]
+            if len(a):
+                out.append((i, j, a, b))
+    return out
+
+
+def tone_curves(small: list[Warped]) -> np.ndarray:
+    """``(n, 3, 256)`` curves that make overlapping pixels agree (see the module doc)."""
+    n, K = len(small), len(KNOTS)
+    basis = _hat_basis()
+    samples = overlap_samples(small)
+    curves = np.repeat(np.arange(256.0, dtype=np.float32)[None, None], n, axis=0).repeat(3, axis=1)
+    if not samples:
+        return curves
+    total = float(sum(len(a) for _, _, a, _ in samples))
+    D2 = np.diff(np.eye(K), 2, axis=0)  # second differences of the knots
+    M = np.zeros((K, n * K))  # mean over images of each knot
+    for i in range(n):
+        M[:, i * K : (i + 1) * K] = np.eye(K) / n
+    for c in range(3):
+        theta = np.tile(KNOTS, n)
+        for _ in range(3):  # least squares, then Huber reweighting
+            A = np.zeros((n * K, n * K))
+            rhs = np.zeros(n * K)
+            for i, j, a, b in samples:
+                va, vb = a[:, c], b[:, c]
+                keep = ~((va >= CLIPPED) & (vb >= CLIPPED))
+                Ba, Bb = basis[va[keep]], basis[vb[keep]]
+                resid = Ba @ theta[i * K : (i + 1) * K] - Bb @ theta[j * K : (j + 1) * K]
+                w = np.minimum(1.0, 8.0 / np.maximum(np.abs(resid), 1e-9)) / total
+                si, sj = slice(i * K, (i + 1) * K), slice(j * K, (j + 1) * K)
+                A[si, si] += (Ba * w[:, None]).T @ Ba
+                A[sj, sj] += (Bb * w[:, None]).T @ Bb
+                cross = (Ba * w[:, None]).T @ Bb
+                A[si, sj] -= cross
+                A[sj, si] -= cross.T
+            A += MEAN_PRIOR * M.T @ M
+            rhs += MEAN_PRIOR * M.T @ KNOTS
+            for i in range(n):
+                s = slice(i * K, (i + 1) * K)
+                A[s, s] += SMOOTH_PRIOR * D2.T @ D2 + IDENTITY_PRIOR * np.eye(K)
+                rhs[s] += IDENTITY_PRIOR * KNOTS
+            theta = np.linalg.solve(A, rhs)
+        for i in range(n):
+            lut = np.maximum.accumulate(basis @ theta[i * K : (i + 1) * K])  # monotone
+            curves[i, c] = np.clip(lut, 0.0, 255.0)
+    return curves
+
+
+def _intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def _crop(w: Warped, r: tuple[int, int, int, int], arr: np.ndarray) -> np.ndarray:
+    x, y = r[0] - w.corner[0], r[1] - w.corner[1]
+    return arr[y : y + r[3], x : x + r[2]]
+
+
+def fit(small: list[Warped], blocks: bool = True) -> Compensation:
+    """Tone curves, then (``blocks``) block gains, on the low-resolution warped images ``small``."""
+    curves = tone_curves(small)
+    ones = tuple(np.ones((1, 1, 3), np.float32) for _ in small)
+    comp = Compensation(curves, ones)
+    if blocks and len(small) > 1:
+        corrected = [comp.apply(k, w) for k, w in enumerate(small)]
+        blk = cv2.detail.BlocksChannelsCompensator(BLOCK, BLOCK, 1)
+        blk.feed([w.corner for w in corrected], [w.image for w in corrected], [w.mask for w in corrected])
+        maps = []
+        for g in blk.getMatGains():
+            g = np.asarray(g, np.float32)
+            maps.append(
+                g.reshape(g.shape[0], g.shape[1], 3)
+                if g.size % 3 == 0 and g.ndim == 3
+                else np.ones((1, 1, 3), np.float32)
+            )
+        comp = Compensation(curves, tuple(maps))
+    logger.info("tone curves at mid-gray (BGR): %s", np.round(curves[:, :, 128], 1).tolist())
+    return comp
+
+
+#: Colour is fitted on the warped images shrunk to about this many megapixels each (OpenCV's
+#: stitcher fits exposure and seams at 0.1 MP).
+WORK_MEGAPIXELS = 0.1
+
+
+def shrink(warped: list[Warped], megapixels: float = WORK_MEGAPIXELS) -> tuple[list[Warped], float]:
+    """The warped images downscaled so that the median one has ``megapixels``, and that scale."""
+    area = float(np.median([w.mask.size for w in warped]))
+    scale = min(1.0, float(np.sqrt(megapixels * 1e6 / max(area, 1.0))))
+    if scale >= 1.0:
+        return list(warped), 1.0
+    out = []
+    for w in warped:
+        h, wd = w.image.shape[:2]
+        size = (max(1, round(wd * scale)), max(1, round(h * scale)))
+        img = cv2.resize(w.image, size, interpolation=cv2.INTER_AREA)
+        mask = (cv2.resize(w.mask, size, interpolation=cv2.INTER_AREA) >= 250).astype(np.uint8) * 255
+        out.append(Warped(w.index, img, mask, (round(w.corner[0] * scale), round(w.corner[1] * scale))))
+    return out, scale
+
+
+def compensate(warped: list[Warped], blocks: bool = True) -> list[Warped]:
+    """The warped images with colours that agree across their overlaps (fitted at low resolution)."""
+    small, _ = shrink(warped)
+    comp = fit(small, blocks)
+    return [comp.apply(k, w) for k, w in enumerate(warped)]
