@@ -113,3 +113,47 @@ def test_tone_curves_equalize_a_darker_copy_exactly():
     a, b = exposure.compensate([Warped(0, photo, mask, (0, 0)), Warped(1, dark, mask[:, 40:], (40, 0))])
     diff = a.image[:, 40:].astype(float) - b.image.astype(float)
     assert abs(diff.mean()) < 1.0 and np.abs(diff).mean() < 2.0, (diff.mean(), np.abs(diff).mean())
+
+
+# -- seams -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seam", ["dp", "graphcut"])
+def test_the_seam_goes_around_a_thing_that_moved(seam):
+    """A patch that is in one photo only, in the middle of the overlap: the seam must not cut it."""
+    photo = cv2.imread(str(EVALDATA / "astronaut.png"))
+    left = np.ascontiguousarray(photo[:, :320])
+    right = np.ascontiguousarray(photo[:, 160:])
+    right[300:360, 55:105] = (40, 200, 250)  # photo columns 215..265, around the overlap's middle (240)
+    r = stitch([left, right], descriptor="sift", max_keypoints=1000, projection="planar", seam=seam)
+    assert r.placed == (0, 1)
+    assert np.array_equal(r.seams >= 0, r.valid)
+    back = cv2.warpPerspective(
+        r.seams.astype(np.float32), np.linalg.inv(r.homographies[0]), (512, 512), flags=cv2.INTER_NEAREST
+    )
+    owners = np.unique(back[300:360, 215:265])  # the patch
+    assert len(owners) == 1, owners  # all from one photo (a Voronoi seam splits it at column 240)
+
+
+def test_seam_option_and_its_errors(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from featmatch.cli import cli
+    from featmatch.errors import ConfigError
+    from featmatch.stitching import SEAMS, StitchConfig
+
+    assert SEAMS[0] == StitchConfig().seam == "dp"
+    with pytest.raises(ConfigError, match="unknown seam finder 'nope'"):
+        StitchConfig(seam="nope")
+    photo = cv2.imread(str(EVALDATA / "astronaut.png"))
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    cv2.imwrite(paths[0], photo[:, :320])
+    cv2.imwrite(paths[1], photo[:, 160:])
+    out = str(tmp_path / "p.png")
+    ok = CliRunner().invoke(cli, ["stitch", *paths, "-o", out, "-d", "sift", "--seam", "voronoi", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["placed"] == [0, 1]
+    bad = CliRunner().invoke(cli, ["stitch", *paths, "-o", out, "--seam", "nope"])
+    assert bad.exit_code == 2 and "--seam" in bad.output

@@ -3,7 +3,8 @@
 Modules, one per concern: :mod:`.config` (options, errors), :mod:`.graph` (pair selection,
 verification, spanning tree, reference), :mod:`.camera` (focal length, rotations, wave
 correction), :mod:`.refine` (joint least squares), :mod:`.warp` (planar, cylindrical,
-spherical), :mod:`.blend` (exposure, seams, blending, crop), :mod:`.stitcher` (the pipeline),
+spherical), :mod:`.exposure` (colour), :mod:`.seams`, :mod:`.blend` (blending, crop),
+:mod:`.stitcher` (the pipeline),
 :mod:`.plot` (the pair-graph / seam picture) and :mod:`.cli`.
 """
 
@@ -13,6 +14,7 @@ from .config import (
     BLENDS,
     DEFAULT_STITCH_DESCRIPTOR,
     PROJECTIONS,
+    SEAMS,
     StitchConfig,
     StitchError,
     StitchInputError,
@@ -24,6 +26,7 @@ __all__ = [
     "BLENDS",
     "DEFAULT_STITCH_DESCRIPTOR",
     "PROJECTIONS",
+    "SEAMS",
     "PairEdge",
     "StitchConfig",
     "StitchError",

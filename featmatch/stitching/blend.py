@@ -1,11 +1,10 @@
-"""Compositing: seams, blending and the crop to the largest valid rectangle (colour is
-corrected before, by :mod:`.exposure`).
+"""Compositing along the seams (:mod:`.seams`), after the colour correction (:mod:`.exposure`),
+and the crop to the largest valid rectangle.
 
-- Seams: every canvas pixel belongs to the image whose border is farthest (a distance-transform
-  Voronoi split), so that each detail comes from one image only: no double edges.
-- Blending: OpenCV's ``MultiBandBlender`` on those seams (Laplacian pyramids), its
-  a feather over the full overlaps (weights: distance to the image's own border), or ``none``
-  (the seam owner's pixel).
+- ``multiband``: OpenCV's ``MultiBandBlender`` (Laplacian pyramids) on the seams: low
+  frequencies blend wide, details switch at the seam;
+- ``feather``: every image weighted by the distance to its own border, over the full overlaps;
+- ``none``: the seam owner's pixel.
 """
 
 from __future__ import annotations
@@ -15,31 +14,14 @@ import logging
 import cv2
 import numpy as np
 
+from . import seams
 from .warp import Warped
 
 logger = logging.getLogger(__name__)
 
 
-def seam_owners(warped: list[Warped], canvas: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` int16 canvas: the position in ``warped`` of the image each pixel comes from (-1: none).
-
-    A pixel goes to the image whose border is farthest from it (distance transform of its mask).
-    """
-    width, height = canvas
-    best = np.zeros((height, width), np.float32)
-    owner = np.full((height, width), -1, np.int16)
-    for k, w in enumerate(warped):
-        x, y, rw, rh = w.roi
-        dist = cv2.distanceTransform(np.pad(w.mask, 1), cv2.DIST_L2, 3)[1:-1, 1:-1] + (w.mask > 0)
-        sub_best = best[y : y + rh, x : x + rw]
-        take = dist > sub_best
-        sub_best[take] = dist[take]
-        owner[y : y + rh, x : x + rw][take] = k
-    return owner
-
-
 def blend(
-    warped: list[Warped], canvas: tuple[int, int], kind: str = "multiband"
+    warped: list[Warped], canvas: tuple[int, int], kind: str = "multiband", owner: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Composite the warped images.
 
@@ -47,12 +29,13 @@ def blend(
         warped: the images on the canvas.
         canvas: ``(W, H)``.
         kind: ``multiband``, ``feather`` or ``none``.
+        owner: the seams, as :func:`.seams.voronoi` returns them (None: that Voronoi split).
 
     Returns:
         ``(panorama (H, W, 3) uint8, valid (H, W) bool, owner (H, W) int16)``.
     """
     width, height = canvas
-    owner = seam_owners(warped, canvas)
+    owner = seams.voronoi(warped, canvas) if owner is None else owner
     valid = owner >= 0
     if kind == "none":
         pano = np.zeros((height, width, 3), np.uint8)
@@ -80,7 +63,7 @@ def blend(
 def _feather(warped: list[Warped], canvas: tuple[int, int]) -> np.ndarray:
     """Every image weighted by its pixels' distance to its own border: a linear ramp across each overlap.
 
-    The distance is taken with a zero border around each mask (as :func:`seam_owners` does):
+    The distance is taken with a zero border around each mask (as :func:`.seams.voronoi` does):
     a mask that fills its region has no zero pixel, and OpenCV's ``FeatherBlender`` then gives
     every pixel the same weight, a flat average between two hard steps. Its int16 arithmetic
     also quantizes the ramp in steps of 4 and overshoots at the ends, so the weighted sum is

@@ -18,8 +18,10 @@ from .config import (
     DEFAULT_PAIRS_PER_IMAGE,
     DEFAULT_PROJECTION,
     DEFAULT_RETRY_TILT,
+    DEFAULT_SEAM,
     DEFAULT_STITCH_DESCRIPTOR,
     PROJECTIONS,
+    SEAMS,
     StitchWarning,
 )
 
@@ -73,7 +75,20 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     "ramp across the overlap; none: each pixel from one image (hard seams).",
 )
 @click.option("--crop/--no-crop", default=False, show_default=True, help="Crop to the largest valid rectangle.")
-@click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
+@click.option(
+    "--exposure/--no-exposure",
+    default=True,
+    show_default=True,
+    help="Make colours agree across overlaps (exposure, white balance, vignetting).",
+)
+@click.option(
+    "--seam",
+    type=click.Choice(SEAMS),
+    default=DEFAULT_SEAM,
+    show_default=True,
+    help="dp / graphcut: seams where the images agree, around edges and things that moved; voronoi: "
+    "the middle of each overlap.",
+)
 @click.option(
     "--focal", type=FiniteFloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
 )
@@ -119,6 +134,7 @@ def stitch_command(
     blend,
     crop,
     exposure,
+    seam,
     focal,
     max_megapixels,
     pairs_per_image,
@@ -170,6 +186,7 @@ def stitch_command(
         blend=blend,
         crop=crop,
         exposure=exposure,
+        seam=seam,
         focal=focal,
         max_megapixels=max_megapixels,
         pairs_per_image=pairs_per_image,

@@ -19,6 +19,9 @@ PROJECTIONS = ("auto", "planar", "cylindrical", "spherical")
 DEFAULT_PROJECTION = "auto"
 BLENDS = ("multiband", "feather", "none")
 DEFAULT_BLEND = "multiband"
+#: Seam finders (:mod:`.seams`): dynamic programming, graph cut (both on colour and gradient), Voronoi.
+SEAMS = ("dp", "graphcut", "voronoi")
+DEFAULT_SEAM = "dp"
 #: Largest panorama canvas allocated (megapixels): a wrong homography must not eat the memory.
 DEFAULT_MAX_MEGAPIXELS = 50.0
 #: Up to this many images every pair is matched; above it a FAISS vote shortlists pairs.
@@ -54,7 +57,9 @@ class StitchConfig:
         projection: one of :data:`PROJECTIONS`.
         blend: one of :data:`BLENDS`.
         crop: crop the panorama to the largest rectangle of valid pixels.
-        exposure: compensate gains between images (least squares over overlap means).
+        exposure: make colours agree across the overlaps (tone curves per image and channel,
+            then block gains; see :mod:`.exposure`).
+        seam: one of :data:`SEAMS` (``multiband`` and ``none`` blend along them).
         refine: jointly refine all transforms over all inlier matches after chaining.
         wave_correct: straighten wide cylindrical/spherical panoramas (horizon level).
         focal: focal length in pixels for cylindrical/spherical (None: estimated from the homographies).
@@ -77,6 +82,7 @@ class StitchConfig:
     blend: str = DEFAULT_BLEND
     crop: bool = False
     exposure: bool = True
+    seam: str = DEFAULT_SEAM
     refine: bool = True
     wave_correct: bool = True
     focal: float | None = None
@@ -98,6 +104,8 @@ class StitchConfig:
             raise ConfigError(f"retry_keypoints must be at least 1, got {self.retry_keypoints}")
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"unknown projection '{self.projection}'; choose one of {', '.join(PROJECTIONS)}")
+        if self.seam not in SEAMS:
+            raise ConfigError(f"unknown seam finder '{self.seam}'; choose one of {', '.join(SEAMS)}")
         if self.blend not in BLENDS:
             raise ConfigError(f"unknown blend '{self.blend}'; choose one of {', '.join(BLENDS)}")
         if not self.max_megapixels > 0:

@@ -58,13 +58,17 @@ class Compensation:
     def apply(self, k: int, w: Warped) -> Warped:
         """Image ``k`` with its curves and gains applied."""
         h, wd = w.image.shape[:2]
-        out = np.empty(w.image.shape, np.float32)
-        for c in range(3):
-            out[..., c] = self.curves[k, c][w.image[..., c]]
+        lut = np.clip(np.rint(self.curves[k].T), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+        out = cv2.LUT(np.ascontiguousarray(w.image), lut)
         gain = self.block_gains[k]
-        if gain.shape[:2] != (1, 1) or not np.all(gain == 1):
-            out *= cv2.resize(gain, (wd, h), interpolation=cv2.INTER_LINEAR).reshape(h, wd, 3)
-        return Warped(w.index, np.clip(out + 0.5, 0, 255).astype(np.uint8), w.mask, w.corner)
+        if not np.all(gain == 1):
+            full = cv2.resize(gain, (wd, h), interpolation=cv2.INTER_LINEAR).reshape(h, wd, 3)
+            out = cv2.multiply(out, full, dtype=cv2.CV_8U)
+        return Warped(w.index, out, w.mask, w.corner)
+
+    def apply_all(self, warped: list[Warped]) -> list[Warped]:
+        """Every image with its corrections (``warped[k]`` is image ``k``)."""
+        return [self.apply(k, w) for k, w in enumerate(warped)]
 
 
 def _hat_basis() -> np.ndarray:
@@ -169,29 +173,10 @@ def fit(small: list[Warped], blocks: bool = True) -> Compensation:
     return comp
 
 
-#: Colour is fitted on the warped images shrunk to about this many megapixels each (OpenCV's
-#: stitcher fits exposure and seams at 0.1 MP).
-WORK_MEGAPIXELS = 0.1
-
-
-def shrink(warped: list[Warped], megapixels: float = WORK_MEGAPIXELS) -> tuple[list[Warped], float]:
-    """The warped images downscaled so that the median one has ``megapixels``, and that scale."""
-    area = float(np.median([w.mask.size for w in warped]))
-    scale = min(1.0, float(np.sqrt(megapixels * 1e6 / max(area, 1.0))))
-    if scale >= 1.0:
-        return list(warped), 1.0
-    out = []
-    for w in warped:
-        h, wd = w.image.shape[:2]
-        size = (max(1, round(wd * scale)), max(1, round(h * scale)))
-        img = cv2.resize(w.image, size, interpolation=cv2.INTER_AREA)
-        mask = (cv2.resize(w.mask, size, interpolation=cv2.INTER_AREA) >= 250).astype(np.uint8) * 255
-        out.append(Warped(w.index, img, mask, (round(w.corner[0] * scale), round(w.corner[1] * scale))))
-    return out, scale
-
-
 def compensate(warped: list[Warped], blocks: bool = True) -> list[Warped]:
     """The warped images with colours that agree across their overlaps (fitted at low resolution)."""
+    from .seams import shrink
+
     small, _ = shrink(warped)
     comp = fit(small, blocks)
     return [comp.apply(k, w) for k, w in enumerate(warped)]

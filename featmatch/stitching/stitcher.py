@@ -26,7 +26,7 @@ from ..geometry import project
 from ..imageio import Image, ImageLike, load_image
 from ..pipeline import Matcher
 from . import blend as blending
-from . import camera, exposure, graph, refine, warp
+from . import camera, exposure, graph, refine, seams, warp
 from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
 
 logger = logging.getLogger(__name__)
@@ -354,9 +354,12 @@ def stitch(
     timings["warp"] = _ms(t0)
 
     t0 = time.perf_counter()
+    small, scale = seams.shrink(warped)
     if cfg.exposure and len(warped) > 1:
-        warped = exposure.compensate(warped)
-    pano, valid, owner = blending.blend(warped, canvas, cfg.blend)
+        comp = exposure.fit(small)
+        warped, small = comp.apply_all(warped), comp.apply_all(small)
+    owner = seams.find(small, scale, warped, canvas, cfg.seam) if cfg.blend != "feather" else None
+    pano, valid, owner = blending.blend(warped, canvas, cfg.blend, owner)
     crop = (0, 0, canvas[0], canvas[1])
     if cfg.crop:
         crop = blending.largest_rectangle(valid)
