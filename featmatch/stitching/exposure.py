@@ -38,8 +38,6 @@ CLIPPED = 254
 BLOCK = 32
 #: Weights of the priors, relative to the data (whose weights sum to 1 per channel).
 MEAN_PRIOR, SMOOTH_PRIOR, IDENTITY_PRIOR = 10.0, 1e-2, 1e-3
-#: Most sample pairs drawn from one overlap.
-SAMPLES_PER_PAIR = 20000
 
 
 @dataclass(frozen=True)
@@ -78,9 +76,9 @@ def _hat_basis() -> np.ndarray:
     return np.clip(1.0 - np.abs(levels[:, None] - KNOTS[None, :]) / step, 0.0, 1.0)
 
 
-def overlap_samples(small: list[Warped], seed: int = 0) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-    """``(i, j, a, b)`` per overlapping pair: ``(m, 3)`` uint8 values of the same canvas pixels."""
-    rng = np.random.default_rng(seed)
+def joint_histograms(small: list[Warped]) -> list[tuple[int, int, np.ndarray]]:
+    """``(i, j, H)`` per overlapping pair: ``H (3, 256, 256)`` counts of the value pairs
+    ``(a, b)`` of one canvas pixel in images ``i`` and ``j``, per channel (clipped-in-both left out)."""
     out = []
     for i in range(len(small)):
         for j in range(i + 1, len(small)):
@@ -88,47 +86,48 @@ def overlap_samples(small: list[Warped], seed: int = 0) -> list[tuple[int, int, 
             if r is None:
                 continue
             both = (_crop(small[i], r, small[i].mask) > 0) & (_crop(small[j], r, small[j].mask) > 0)
-            a, b = _crop(small[i], r, small[i].image)[both], _crop(small[j], r, small[j].image)[both]
-            if len(a) > SAMPLES_PER_PAIR:
-                pick = rng.choice(len(a), SAMPLES_PER_PAIR, replace=False)
-                a, b = a[pick], b[pick]
-            if len(a):
-                out.append((i, j, a, b))
+            if not both.any():
+                continue
+            a = _crop(small[i], r, small[i].image)[both].astype(np.int64)
+            b = _crop(small[j], r, small[j].image)[both].astype(np.int64)
+            H = np.stack([np.bincount(a[:, c] * 256 + b[:, c], minlength=65536) for c in range(3)])
+            H = H.reshape(3, 256, 256).astype(np.float64)
+            H[:, CLIPPED:, CLIPPED:] = 0.0
+            out.append((i, j, H))
     return out
 
 
 def tone_curves(small: list[Warped]) -> np.ndarray:
-    """``(n, 3, 256)`` curves that make overlapping pixels agree (see the module doc)."""
+    """``(n, 3, 256)`` curves that make overlapping pixels agree (see the module doc).
+
+    The normal equations depend on the pixels only through each pair's joint histogram of
+    values, so every solve costs ``O(256^2)`` per pair whatever the image size.
+    """
     n, K = len(small), len(KNOTS)
     basis = _hat_basis()
-    samples = overlap_samples(small)
+    hists = joint_histograms(small)
     curves = np.repeat(np.arange(256.0, dtype=np.float32)[None, None], n, axis=0).repeat(3, axis=1)
-    if not samples:
+    if not hists:
         return curves
-    total = float(sum(len(a) for _, _, a, _ in samples))
     D2 = np.diff(np.eye(K), 2, axis=0)  # second differences of the knots
     M = np.zeros((K, n * K))  # mean over images of each knot
     for i in range(n):
         M[:, i * K : (i + 1) * K] = np.eye(K) / n
     for c in range(3):
+        total = max(sum(float(H[c].sum()) for _, _, H in hists), 1.0)
         theta = np.tile(KNOTS, n)
         for _ in range(3):  # least squares, then Huber reweighting
-            A = np.zeros((n * K, n * K))
-            rhs = np.zeros(n * K)
-            for i, j, a, b in samples:
-                va, vb = a[:, c], b[:, c]
-                keep = ~((va >= CLIPPED) & (vb >= CLIPPED))
-                Ba, Bb = basis[va[keep]], basis[vb[keep]]
-                resid = Ba @ theta[i * K : (i + 1) * K] - Bb @ theta[j * K : (j + 1) * K]
-                w = np.minimum(1.0, 8.0 / np.maximum(np.abs(resid), 1e-9)) / total
+            A = MEAN_PRIOR * M.T @ M
+            rhs = MEAN_PRIOR * M.T @ KNOTS
+            for i, j, H in hists:
                 si, sj = slice(i * K, (i + 1) * K), slice(j * K, (j + 1) * K)
-                A[si, si] += (Ba * w[:, None]).T @ Ba
-                A[sj, sj] += (Bb * w[:, None]).T @ Bb
-                cross = (Ba * w[:, None]).T @ Bb
+                resid = (basis @ theta[si])[:, None] - (basis @ theta[sj])[None, :]
+                w = H[c] * np.minimum(1.0, 8.0 / np.maximum(np.abs(resid), 1e-9)) / total
+                A[si, si] += basis.T @ (w.sum(axis=1)[:, None] * basis)
+                A[sj, sj] += basis.T @ (w.sum(axis=0)[:, None] * basis)
+                cross = basis.T @ w @ basis
                 A[si, sj] -= cross
                 A[sj, si] -= cross.T
-            A += MEAN_PRIOR * M.T @ M
-            rhs += MEAN_PRIOR * M.T @ KNOTS
             for i in range(n):
                 s = slice(i * K, (i + 1) * K)
                 A[s, s] += SMOOTH_PRIOR * D2.T @ D2 + IDENTITY_PRIOR * np.eye(K)
