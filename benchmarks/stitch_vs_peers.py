@@ -9,8 +9,8 @@ skipped with a note. Every (tool, set) runs in a fresh Python process, one after
 Per output: images placed (as the tool reports it), wall time of the stitch call (imports
 and image loading outside it for the Python tools; the whole chain for Hugin), peak memory
 (the process's max RSS, imports included), the share of black pixels, content repeated at
-the two ends (the left and right tenths match each other by a homography with >= 25 SIFT
-inliers: a 360 degree set closed twice), the RMS residual where the tool reports one (px),
+the two ends (the left tenth matches somewhere in the right third by a homography with >= 25
+SIFT inliers: a 360 degree set closed twice), the RMS residual where the tool reports one (px),
 and the seam colour difference:
 
     seam dE: every input is registered into the output (SIFT + RANSAC homography at
@@ -126,6 +126,13 @@ def _env() -> dict:
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not inherit the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -133,9 +140,10 @@ def _peak_mb() -> float:
 
 def run_worker(tool: str, images: list[str], out: str) -> dict:
     """Stitch ``images`` with ``tool`` into ``out``; returns what it reports."""
+    if tool == "Hugin":
+        return _hugin(images, out)
     import cv2
 
-    cv2.setNumThreads(min(os.cpu_count() or 1, 8))
     if tool.startswith("featmatch-"):
         import warnings
 
@@ -182,16 +190,15 @@ def run_worker(tool: str, images: list[str], out: str) -> dict:
         dt = time.perf_counter() - t0
         cv2.imwrite(out, pano)
         return {"placed": len(stitcher.images.sizes), "time_s": dt}
-    if tool == "Hugin":
-        return _hugin(images, out)
     raise SystemExit(f"unknown tool {tool}")
 
 
 def _hugin(images: list[str], out: str) -> dict:
-    """pto_gen -> cpfind -> cpclean -> autooptimiser -> pano_modify -> nona -> enblend."""
-    import resource
+    """pto_gen -> cpfind -> cpclean -> autooptimiser -> pano_modify -> nona -> enblend.
 
-    import cv2
+    Peak memory: the largest of its programs (started before this process imports OpenCV).
+    """
+    import resource
 
     with tempfile.TemporaryDirectory() as tmp:
         pto = str(Path(tmp) / "p.pto")
@@ -219,6 +226,9 @@ def _hugin(images: list[str], out: str) -> dict:
         if p.returncode != 0:
             return {"error": f"enblend failed: {p.stderr.strip()[-100:]}", "time_s": time.perf_counter() - t0}
         dt = time.perf_counter() - t0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        import cv2
+
         pano = cv2.imread(tif, cv2.IMREAD_UNCHANGED)
         if pano.ndim == 3 and pano.shape[2] == 4:
             pano[pano[..., 3] == 0, :3] = 0
@@ -228,7 +238,6 @@ def _hugin(images: list[str], out: str) -> dict:
         m = re.findall(r"(?:rms|RMS|average)[^\n]*?([0-9]+\.[0-9]+)", log[3])
         if m:
             rms = float(m[-1])
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
         return {"placed": len(parts), "time_s": dt, "rms_px": rms, "peak_mb": children}
 
 
@@ -268,17 +277,17 @@ def _homography(kp1, d1, kp2, d2, min_inliers: int = 25):
 
 
 def repeated_ends(pano) -> bool:
-    """True when the left and right tenths of the panorama show the same content."""
+    """True when the panorama's left tenth shows up again in its right third (a loop closed twice)."""
     w = pano.shape[1]
     tenth = max(16, w // 10)
-    _, _, k1, d1 = _sift_small(pano[:, :tenth], 800)
-    _, _, k2, d2 = _sift_small(pano[:, w - tenth :], 800)
+    _, s1, k1, d1 = _sift_small(pano[:, :tenth], 800)
+    _, s2, k2, d2 = _sift_small(pano[:, w - w // 3 :], 2400)
     return _homography(k1, d1, k2, d2) is not None
 
 
 #: Each input's gain is measured on its own part of the output within this many pixels of the overlap.
 BAND = 60
-#: Cell side (pixels of the output at 1600 px) over which colours are averaged for the seam dE.
+#: Cell side (pixels of the output at 1600 px) over which colours are averaged for the overlap dE.
 CELL = 24
 
 

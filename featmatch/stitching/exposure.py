@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 
 #: Knots of the tone curves (levels 0..255).
 KNOTS = np.linspace(0.0, 255.0, 9)
-#: Sample pairs where both values are at or above this are clipped in both: no evidence.
-CLIPPED = 254
+#: Value pairs are counted in bins of this many levels (256 / BIN bins a side): the solves stay
+#: small enough that no BLAS call starts threads (which, on a busy machine, cost seconds).
+BIN = 4
+#: Pairs where both values are at or above this are clipped in both: no evidence.
+CLIPPED = 252
 #: Block size (pixels of the low-resolution images) of the spatially varying gains.
 BLOCK = 32
 #: Weights of the priors, relative to the data (whose weights sum to 1 per channel).
@@ -69,16 +72,18 @@ class Compensation:
         return [self.apply(k, w) for k, w in enumerate(warped)]
 
 
-def _hat_basis() -> np.ndarray:
-    """``(256, K)``: level -> weights of the knots (linear interpolation)."""
-    levels = np.arange(256.0)
+def _hat_basis(levels: np.ndarray | None = None) -> np.ndarray:
+    """``(L, K)``: level -> weights of the knots (linear interpolation); every level 0..255 by default."""
+    levels = np.arange(256.0) if levels is None else levels
     step = KNOTS[1] - KNOTS[0]
     return np.clip(1.0 - np.abs(levels[:, None] - KNOTS[None, :]) / step, 0.0, 1.0)
 
 
 def joint_histograms(small: list[Warped]) -> list[tuple[int, int, np.ndarray]]:
-    """``(i, j, H)`` per overlapping pair: ``H (3, 256, 256)`` counts of the value pairs
-    ``(a, b)`` of one canvas pixel in images ``i`` and ``j``, per channel (clipped-in-both left out)."""
+    """``(i, j, H)`` per overlapping pair: ``H (3, 256 / BIN, 256 / BIN)`` counts of the binned
+    value pairs ``(a, b)`` of one canvas pixel in images ``i`` and ``j``, per channel (pairs
+    clipped in both left out)."""
+    bins = 256 // BIN
     out = []
     for i in range(len(small)):
         for j in range(i + 1, len(small)):
@@ -88,11 +93,11 @@ def joint_histograms(small: list[Warped]) -> list[tuple[int, int, np.ndarray]]:
             both = (_crop(small[i], r, small[i].mask) > 0) & (_crop(small[j], r, small[j].mask) > 0)
             if not both.any():
                 continue
-            a = _crop(small[i], r, small[i].image)[both].astype(np.int64)
-            b = _crop(small[j], r, small[j].image)[both].astype(np.int64)
-            H = np.stack([np.bincount(a[:, c] * 256 + b[:, c], minlength=65536) for c in range(3)])
-            H = H.reshape(3, 256, 256).astype(np.float64)
-            H[:, CLIPPED:, CLIPPED:] = 0.0
+            a = _crop(small[i], r, small[i].image)[both].astype(np.int64) // BIN
+            b = _crop(small[j], r, small[j].image)[both].astype(np.int64) // BIN
+            H = np.stack([np.bincount(a[:, c] * bins + b[:, c], minlength=bins * bins) for c in range(3)])
+            H = H.reshape(3, bins, bins).astype(np.float64)
+            H[:, CLIPPED // BIN :, CLIPPED // BIN :] = 0.0
             out.append((i, j, H))
     return out
 
@@ -101,10 +106,11 @@ def tone_curves(small: list[Warped]) -> np.ndarray:
     """``(n, 3, 256)`` curves that make overlapping pixels agree (see the module doc).
 
     The normal equations depend on the pixels only through each pair's joint histogram of
-    values, so every solve costs ``O(256^2)`` per pair whatever the image size.
+    (binned) values, so every solve costs ``O(64^2)`` per pair whatever the image size.
     """
     n, K = len(small), len(KNOTS)
-    basis = _hat_basis()
+    basis = _hat_basis(np.arange(0, 256, BIN) + (BIN - 1) / 2.0)
+    full = _hat_basis()
     hists = joint_histograms(small)
     curves = np.repeat(np.arange(256.0, dtype=np.float32)[None, None], n, axis=0).repeat(3, axis=1)
     if not hists:
@@ -134,7 +140,7 @@ def tone_curves(small: list[Warped]) -> np.ndarray:
                 rhs[s] += IDENTITY_PRIOR * KNOTS
             theta = np.linalg.solve(A, rhs)
         for i in range(n):
-            lut = np.maximum.accumulate(basis @ theta[i * K : (i + 1) * K])  # monotone
+            lut = np.maximum.accumulate(full @ theta[i * K : (i + 1) * K])  # monotone
             curves[i, c] = np.clip(lut, 0.0, 255.0)
     return curves
 
