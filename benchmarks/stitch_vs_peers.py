@@ -235,7 +235,9 @@ def _hugin(images: list[str], out: str) -> dict:
             pano = pano[..., :3]
         cv2.imwrite(out, pano)
         rms = None
-        m = re.findall(r"(?:rms|RMS|average)[^\n]*?([0-9]+\.[0-9]+)", log[3])
+        m = re.findall(
+            r"Average \(rms\) distance between Controlpoints\s*after \d+ iteration\(s\):\s*([0-9.]+)", log[3]
+        )
         if m:
             rms = float(m[-1])
         return {"placed": len(parts), "time_s": dt, "rms_px": rms, "peak_mb": children}
