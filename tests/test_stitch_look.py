@@ -42,35 +42,37 @@ def _views_of(photo: np.ndarray, count: int, size: int = 288, step: int = 170) -
 def two_scenes():
     astronaut = cv2.imread(str(EVALDATA / "astronaut.png"))
     coffee = cv2.imread(str(EVALDATA / "coffee.png"))
-    return _views_of(astronaut, 2), _views_of(coffee, 2, step=120)
+    return _views_of(astronaut, 3, step=100), _views_of(coffee, 2, step=120)
 
 
 @pytest.fixture()
-def full_asift_count(monkeypatch):
-    """How many images get described with simulated views at full resolution."""
-    calls = []
+def oblique_views(monkeypatch):
+    """The images described with simulated views: ``{"probe": [...], "full": [...]}`` (low / full resolution)."""
+    calls: dict = {"probe": [], "full": []}
     original = featmatch.Matcher.features
 
     def spy(self, image):
-        if self.detect_config.max_tilt > 1 and self.detect_config.max_side > stitcher.RETRY_PROBE_SIDE:
-            calls.append(image)
+        if self.detect_config.max_tilt > 1:
+            low = self.detect_config.max_side <= stitcher.RETRY_PROBE_SIDE
+            calls["probe" if low else "full"].append(image)
         return original(self, image)
 
     monkeypatch.setattr(featmatch.Matcher, "features", spy)
     return calls
 
 
-def test_a_stray_photo_is_probed_cheaply_dropped_and_named(two_scenes, full_asift_count):
-    (a, b), (stray, _) = two_scenes
+def test_a_stray_photo_is_probed_cheaply_dropped_and_named(two_scenes, oblique_views):
+    (a, b, c), (stray, _) = two_scenes
     with pytest.warns(StitchWarning, match=r"<array 1>"):
-        r = stitch([a, stray, b], descriptor="sift", max_keypoints=1000)
-    assert r.placed == (0, 2) and r.dropped == (1,) and r.to_json()["dropped"] == [1]
+        r = stitch([a, stray, b, c], descriptor="sift", max_keypoints=1000)
+    assert r.placed == (0, 2, 3) and r.dropped == (1,) and r.to_json()["dropped"] == [1]
     assert "retry" in r.timings_ms  # it was looked at with oblique views ...
-    assert full_asift_count == []  # ... but only with the cheap low-resolution probe
+    assert oblique_views["full"] == []  # ... only with the cheap low-resolution probe ...
+    assert len(oblique_views["probe"]) == 1 + stitcher.RETRY_PARTNERS  # ... against its 2 best partners
 
 
 def test_a_second_scene_that_matches_itself_is_not_retried(two_scenes):
-    (a, b), (c, d) = two_scenes
+    (a, b, _), (c, d) = two_scenes
     with pytest.warns(StitchWarning, match=r"<array 1>, <array 3>"):
         r = stitch([a, c, b, d], descriptor="sift", max_keypoints=1000)
     assert r.placed == (0, 2) and r.dropped == (1, 3)

@@ -429,6 +429,8 @@ def _verify_pairs(
 RETRY_PROBE_SIDE = 320
 RETRY_PROBE_KEYPOINTS = 500
 RETRY_PROBE_VIEW_KEYPOINTS = 200
+#: Partners probed per unconnected image (those with the most ratio-test matches first).
+RETRY_PARTNERS = 2
 
 
 def _retry_with_views(
@@ -444,8 +446,8 @@ def _retry_with_views(
     """Match the images that matched nothing again, with simulated oblique views (ASIFT).
 
     Only images without any verified pair are retried (a group that matched among itself is
-    another scene, not an oblique view), each with its ``pairs_per_image`` partners that had
-    the most ratio-test matches. The evidence comes cheap first, as in ASIFT's own two-stage
+    another scene, not an oblique view), each with the :data:`RETRY_PARTNERS` partners that had
+    the most ratio-test matches (one verified pair is enough to join the panorama). The evidence comes cheap first, as in ASIFT's own two-stage
     search: both images at :data:`RETRY_PROBE_SIDE` pixels, few keypoints per view, SIFT
     descriptors. Only the pairs that verify there are described again at full resolution with
     the matcher's descriptor (kept at low resolution when that fails). A stray photo thus costs
@@ -463,7 +465,7 @@ def _retry_with_views(
     partners: dict[int, int] = {}
     pairs = []
     for i, j in ranked:
-        if any(partners.get(v, 0) < cfg.pairs_per_image for v in (i, j) if v in lonely):
+        if any(partners.get(v, 0) < RETRY_PARTNERS for v in (i, j) if v in lonely):
             pairs.append((i, j))
             for v in (i, j):
                 partners[v] = partners.get(v, 0) + 1
