@@ -20,7 +20,6 @@ from featmatch.stitching import (
     StitchError,
     StitchInputError,
     StitchWarning,
-    blend,
     camera,
     crop,
     graph,
@@ -250,16 +249,6 @@ def test_bad_options_are_config_errors():
 
 
 # -- compositing -------------------------------------------------------------------------------
-
-
-def test_exposure_gains_equalize_a_darker_copy(grid_views):
-    from featmatch.stitching.warp import Warped
-
-    img = grid_views[0][0]
-    mask = np.full(img.shape[:2], 255, np.uint8)
-    dark = (img.astype(np.float32) * 0.7).astype(np.uint8)
-    gains = blend.exposure_gains([Warped(0, img, mask, (0, 0)), Warped(1, dark, mask, (40, 0))])
-    assert gains[1] / gains[0] == pytest.approx(1 / 0.7, rel=0.05)
 
 
 def test_largest_rectangle_of_a_hand_made_mask():

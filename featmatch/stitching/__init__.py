@@ -5,8 +5,8 @@ verification, spanning tree, reference), :mod:`.camera` (the camera model: rotat
 principal point, radial distortion; focal from homographies, wave correction), :mod:`.adjust`
 (bundle adjustment of the camera model, the evidence behind ``--projection auto``),
 :mod:`.refine` (the Levenberg-Marquardt solver; the planar model), :mod:`.warp` (planar,
-cylindrical, spherical; closed 360 degree loops; the size rule), :mod:`.blend` (exposure,
-seams, blending), :mod:`.crop` (the largest valid rectangle), :mod:`.stitcher` (the pipeline),
+cylindrical, spherical; closed 360 degree loops; the size rule), :mod:`.exposure` (colour), :mod:`.seams`, :mod:`.blend`
+(blending), :mod:`.crop` (the largest valid rectangle), :mod:`.stitcher` (the pipeline),
 :mod:`.plot` (the pair-graph / seam picture) and :mod:`.cli`."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .config import (
     BLENDS,
     DEFAULT_STITCH_DESCRIPTOR,
     PROJECTIONS,
+    SEAMS,
     StitchConfig,
     StitchError,
     StitchInputError,
@@ -26,6 +27,7 @@ __all__ = [
     "BLENDS",
     "DEFAULT_STITCH_DESCRIPTOR",
     "PROJECTIONS",
+    "SEAMS",
     "PairEdge",
     "StitchConfig",
     "StitchError",

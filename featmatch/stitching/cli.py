@@ -26,8 +26,10 @@ from .config import (
     DEFAULT_PAIRS_PER_IMAGE,
     DEFAULT_PROJECTION,
     DEFAULT_RETRY_TILT,
+    DEFAULT_SEAM,
     DEFAULT_STITCH_DESCRIPTOR,
     PROJECTIONS,
+    SEAMS,
     StitchWarning,
 )
 
@@ -105,7 +107,20 @@ def _read_image_list(path: Path) -> list[str]:
     show_default=True,
     help="Crop to the largest rectangle of valid pixels (--no-crop keeps everything; PNG gets an alpha channel).",
 )
-@click.option("--exposure/--no-exposure", default=True, show_default=True, help="Equalize gains between images.")
+@click.option(
+    "--exposure/--no-exposure",
+    default=True,
+    show_default=True,
+    help="Make colours agree across overlaps (exposure, white balance, vignetting).",
+)
+@click.option(
+    "--seam",
+    type=click.Choice(SEAMS),
+    default=DEFAULT_SEAM,
+    show_default=True,
+    help="dp / graphcut: seams where the images agree, around edges and things that moved; voronoi: "
+    "the middle of each overlap.",
+)
 @click.option(
     "--focal", type=FiniteFloatRange(min=0.0, min_open=True), help="Focal length in pixels (default: estimated)."
 )
@@ -161,6 +176,7 @@ def stitch_command(
     blend,
     crop,
     exposure,
+    seam,
     focal,
     max_megapixels,
     output_megapixels,
@@ -219,6 +235,7 @@ def stitch_command(
         blend=blend,
         crop=crop,
         exposure=exposure,
+        seam=seam,
         focal=focal,
         max_megapixels=max_megapixels,
         output_megapixels=output_megapixels,

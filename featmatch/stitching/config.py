@@ -22,6 +22,9 @@ PROJECTIONS = ("auto", "planar", "cylindrical", "spherical")
 DEFAULT_PROJECTION = "auto"
 BLENDS = ("multiband", "feather", "none")
 DEFAULT_BLEND = "multiband"
+#: Seam finders (:mod:`.seams`): dynamic programming, graph cut (both on colour and gradient), Voronoi.
+SEAMS = ("dp", "graphcut", "voronoi")
+DEFAULT_SEAM = "dp"
 #: No cap on the canvas by default: only a canvas that a wrong model makes is refused (see
 #: :data:`featmatch.stitching.warp.BAD_MODEL_FACTOR`); ``max_megapixels`` sets one.
 DEFAULT_MAX_MEGAPIXELS = None
@@ -60,7 +63,9 @@ class StitchConfig:
         crop: crop the panorama to the largest rectangle of valid pixels (a closed 360 degree
             panorama: to the rows valid all round); False keeps every pixel (the CLI then writes
             an alpha channel to PNG).
-        exposure: compensate gains between images (least squares over overlap means).
+        exposure: make colours agree across the overlaps (tone curves per image and channel,
+            then block gains; see :mod:`.exposure`).
+        seam: one of :data:`SEAMS` (``multiband`` and ``none`` blend along them).
         refine: jointly refine all transforms over all inlier matches after chaining (bundle
             adjustment of the camera model for cylindrical/spherical).
         lens: let the bundle adjustment also fit each camera's principal point and radial
@@ -89,6 +94,7 @@ class StitchConfig:
     blend: str = DEFAULT_BLEND
     crop: bool = True
     exposure: bool = True
+    seam: str = DEFAULT_SEAM
     refine: bool = True
     lens: bool = True
     wave_correct: bool = True
@@ -113,6 +119,8 @@ class StitchConfig:
             raise ConfigError(f"retry_keypoints must be at least 1, got {self.retry_keypoints}")
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"unknown projection '{self.projection}'; choose one of {', '.join(PROJECTIONS)}")
+        if self.seam not in SEAMS:
+            raise ConfigError(f"unknown seam finder '{self.seam}'; choose one of {', '.join(SEAMS)}")
         if self.blend not in BLENDS:
             raise ConfigError(f"unknown blend '{self.blend}'; choose one of {', '.join(BLENDS)}")
         for name in ("max_megapixels", "output_megapixels", "scale"):

@@ -29,7 +29,7 @@ import numpy as np
 from ..geometry import project
 from ..imageio import Image, ImageLike, load_image
 from ..pipeline import Matcher
-from . import adjust, camera, graph, refine, warp
+from . import adjust, camera, exposure, graph, refine, seams, warp
 from . import blend as blending
 from . import crop as cropping
 from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
@@ -341,8 +341,12 @@ def stitch(
     timings["warp"] = _ms(t0)
 
     t0 = time.perf_counter()
-    gains = blending.exposure_gains(warped) if cfg.exposure and len(warped) > 1 else None
-    pano, valid, owner = blending.blend(warped, canvas, cfg.blend, gains)
+    small, scale = seams.shrink(warped)
+    if cfg.exposure and len(warped) > 1:
+        comp = exposure.fit(small)
+        warped, small = comp.apply_all(warped), comp.apply_all(small)
+    owner = seams.find(small, scale, warped, canvas, cfg.seam) if cfg.blend != "feather" else None
+    pano, valid, owner = blending.blend(warped, canvas, cfg.blend, owner)
     owner = np.append(np.array([placed.index(w.index) for w in warped], np.int16), -1)[owner]  # pieces -> placed
     box = (0, 0, canvas[0], canvas[1])
     if cfg.crop:
@@ -410,6 +414,15 @@ def _verify_pairs(
     return verified, edges
 
 
+#: The retry's first, cheap look: images downscaled to this side, ASIFT views with few
+#: keypoints and SIFT descriptors from the detection pass (about a tenth of a second an image).
+RETRY_PROBE_SIDE = 320
+RETRY_PROBE_KEYPOINTS = 500
+RETRY_PROBE_VIEW_KEYPOINTS = 200
+#: Partners probed per unconnected image (those with the most ratio-test matches first).
+RETRY_PARTNERS = 2
+
+
 def _retry_with_views(
     matcher: Matcher,
     loaded: list[Image],
@@ -420,23 +433,61 @@ def _retry_with_views(
     cfg: StitchConfig,
     progress: bool | None,
 ) -> bool:
-    """Match the pairs of images outside the main group again, with simulated oblique views.
+    """Match the images that matched nothing again, with simulated oblique views (ASIFT).
+
+    Only images without any verified pair are retried (a group that matched among itself is
+    another scene, not an oblique view), each with the :data:`RETRY_PARTNERS` partners that had
+    the most ratio-test matches (one verified pair is enough to join the panorama). The evidence comes cheap first, as in ASIFT's own two-stage
+    search: both images at :data:`RETRY_PROBE_SIDE` pixels, few keypoints per view, SIFT
+    descriptors. Only the pairs that verify there are described again at full resolution with
+    the matcher's descriptor (kept at low resolution when that fails). A stray photo thus costs
+    a fraction of a second, not a full ASIFT description of every image it was paired with.
 
     Updates ``verified`` and ``edges`` in place; returns whether anything was retried.
     """
     n = len(loaded)
-    comps = graph.components(list(range(n)), list(verified))
-    lonely = set(range(n)) if not verified else {v for c in comps[1:] for v in c}
-    pairs = [(i, j) for i, j in candidates if (i in lonely or j in lonely) and (i, j) not in verified]
+    linked = {v for pair in verified for v in pair}
+    lonely = set(range(n)) - linked
+    ranked = sorted(
+        ((i, j) for i, j in candidates if (i in lonely or j in lonely) and (i, j) not in verified),
+        key=lambda p: (-edges[p].matches if p in edges else 0, p),
+    )
+    partners: dict[int, int] = {}
+    pairs = []
+    for i, j in ranked:
+        if any(partners.get(v, 0) < RETRY_PARTNERS for v in (i, j) if v in lonely):
+            pairs.append((i, j))
+            for v in (i, j):
+                partners[v] = partners.get(v, 0) + 1
     if not pairs:
         return False
-    involved = sorted({v for p in pairs for v in p})
+    pairs.sort()
     logger.info(
         "retrying %d pairs of %d unconnected images with oblique views up to tilt %g",
         len(pairs),
         len(lonely),
         cfg.retry_tilt,
     )
+    from ..detect import DetectConfig
+
+    probe = Matcher(
+        "rootsift",
+        detect=DetectConfig(
+            max_keypoints=RETRY_PROBE_KEYPOINTS,
+            max_side=RETRY_PROBE_SIDE,
+            with_sift=True,
+            max_tilt=cfg.retry_tilt,
+            view_keypoints=RETRY_PROBE_VIEW_KEYPOINTS,
+        ),
+        match=matcher.match_config,
+        geometry=matcher.geometry_config,
+    )
+    involved = sorted({v for p in pairs for v in p})
+    cheap = {v: probe.features(loaded[v]) for v in _progress(involved, len(involved), "oblique views", progress)}
+    found, found_edges = _verify_pairs(probe, [cheap.get(v) for v in range(n)], pairs, shapes, cfg, progress)
+    edges.update(found_edges)  # only pairs that had failed were retried
+    if not found:
+        return True
     views = Matcher(
         matcher.descriptor,
         detect=replace(matcher.detect_config, max_tilt=cfg.retry_tilt, view_keypoints=cfg.retry_keypoints),
@@ -444,11 +495,13 @@ def _retry_with_views(
         geometry=matcher.geometry_config,
         describer=matcher.describer,
     )
-    feats = {v: views.features(loaded[v]) for v in _progress(involved, len(involved), "oblique views", progress)}
-    dense = [feats.get(v) for v in range(n)]
-    again, again_edges = _verify_pairs(views, dense, pairs, shapes, cfg, progress)
+    involved = sorted({v for p in found for v in p})
+    feats = {v: views.features(loaded[v]) for v in involved}
+    again, again_edges = _verify_pairs(views, [feats.get(v) for v in range(n)], sorted(found), shapes, cfg, progress)
+    verified.update(found)
     verified.update(again)
-    edges.update(again_edges)  # only pairs that had failed were retried
+    edges.update(again_edges)
+    edges.update({p: found_edges[p] for p in found if p not in again})
     return True
 
 
