@@ -43,9 +43,13 @@ def listed_images(folder: Path) -> list[Path] | None:
     if not listing.is_file():
         return None
     try:
-        text = listing.read_text(encoding="utf-8", errors="surrogateescape")
+        data = listing.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read '{printable(listing)}': {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        raise ConfigError(f"'{printable(listing)}' is not a text list of image names (it holds binary data)")
+    # bytes that are not UTF-8 (a Latin-1 name) decode as os.fsdecode spells such file names
+    text = data.decode("utf-8", errors="surrogateescape")
     words = (line.split("#")[0].split() for line in text.splitlines())
     return [folder / w[0] for w in words if w]
 

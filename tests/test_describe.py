@@ -64,12 +64,12 @@ def test_describe_patches_accepts_numpy_torch_uint8_float_and_empty(gray_photo):
     kps = detect(gray_photo, DetectConfig(max_keypoints=200))
     as_u8 = (patches_for(kps) * 255.0 + 0.5).astype(np.uint8)  # (N, 1, 32, 32) uint8 numpy
     as_float = torch.from_numpy(as_u8.astype(np.float32) / 255.0)  # the same values as a float tensor
-    d = CNNDescriptor("hardnet", device="cpu")
+    d = CNNDescriptor("hardnet", device="cpu", precision="fp32")  # int8 would move by a quantization step
     want = d.describe_patches(as_float)
     assert want.shape == (200, 128) and want.dtype == np.float32
     np.testing.assert_allclose(d.describe_patches(as_u8), want, atol=1e-6)
     np.testing.assert_allclose(d.describe_patches(as_u8[:, 0]), want, atol=1e-6)  # (N, 32, 32)
-    np.testing.assert_allclose(describe_patches(torch.from_numpy(as_u8)), want, atol=1e-6)
+    np.testing.assert_allclose(describe_patches(torch.from_numpy(as_u8), precision="fp32"), want, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, atol=1e-5)
     for empty in (np.zeros((0, 1, 32, 32), np.uint8), np.zeros((0, 32, 32), np.float32), torch.zeros(0, 1, 32, 32)):
         assert describe_patches(empty).shape == (0, 128)

@@ -57,6 +57,9 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             # Broken and looping symbolic links are listed too: they are reported as unusable images,
             # not silently left out (pipes and other special files are skipped: reading one could block)
             files = folder_images(root, recursive=True)
+            # pipes and devices with an image's name too: batch() leaves them out with a warning
+            known = set(files)
+            files += sorted(p for p in root.rglob("*") if is_image_name(p) and p not in known and _special(p))
             entries = [ImageEntry(_relative_name(p, root), p) for p in files]
         elif root.is_file():
             entries = _read_list_file(root)
@@ -77,6 +80,13 @@ def _relative_name(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:  # image_list.txt may name a file outside the folder
         return path.as_posix()
+
+
+def _special(path: Path) -> bool:
+    try:
+        return special_file(path.stat()) is not None
+    except OSError:
+        return False
 
 
 def _read_list_file(path: Path) -> list[ImageEntry]:

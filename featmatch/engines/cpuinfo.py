@@ -153,7 +153,8 @@ def confirm_with_cpuid(cpu: CpuInfo, features: dict | None) -> CpuInfo:
     """``cpu`` less the x86 flags that CPUID (``features``, :func:`cpuid_features`) denies.
 
     Only flags that CPUID knows are checked; without AVX-512F every ``avx512*`` and AMX flag goes
-    (every AMX CPU has AVX-512), without AVX2 AVX-VNNI goes.
+    (every AMX CPU has AVX-512), without AVX2 AVX-VNNI goes; and once CPUID denies any flag (a
+    masked or emulated CPU), AVX-VNNI and AMX, which it cannot confirm, go too.
     """
     if not cpu.x86 or not features:
         return cpu
@@ -164,6 +165,10 @@ def confirm_with_cpuid(cpu: CpuInfo, features: dict | None) -> CpuInfo:
         denied |= {f for f in cpu.flags if f == "avx_vnni"}
     if not denied:
         return cpu
+    # CPUID and /proc/cpuinfo disagree: the CPU is masked or emulated (QEMU shows the host's
+    # /proc/cpuinfo). Then only what CPUID can confirm counts: numpy's CPUID view has no AVX-VNNI
+    # or AMX bit, so those host flags go too. A real CPU (no disagreement) keeps them.
+    denied |= {f for f in cpu.flags if f == "avx_vnni" or f.startswith("amx")}
     return dataclasses.replace(cpu, flags=cpu.flags - denied, denied=frozenset(denied))
 
 
