@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from ..detect import C_INT_MAX
-from ..errors import os_cause, printable
+from ..errors import printable
 from ..options import (
     FiniteFloatRange,
     descriptor_option,
@@ -56,28 +56,6 @@ def _expand(paths: tuple[str, ...], output: str | None = None) -> list[str]:
             raise StitchInputError(f"no images found in {printable(p)} (looked for {', '.join(IMAGE_SUFFIXES)})")
         out.extend(str(f) for f in images)
     return out
-
-
-def _read_image_list(path: Path) -> list[str]:
-    """The names an ``image_list.txt`` holds: the first word of each line (``#`` starts a comment).
-
-    Bytes that are not UTF-8 (a Latin-1 ``é``) are kept as Python spells such file names
-    (``os.fsdecode``), so the name finds the file it was written for.
-
-    Raises:
-        StitchInputError: the file cannot be read, or holds binary data.
-    """
-    from .config import StitchInputError
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StitchInputError(f"cannot read '{printable(path)}': {os_cause(exc)}") from None
-    if b"\x00" in data:
-        raise StitchInputError(f"'{printable(path)}' is not a text list of image names (it holds binary data)")
-    text = data.decode("utf-8", errors="surrogateescape")
-    lines = (ln.split("#")[0].split() for ln in text.splitlines())
-    return [words[0] for words in lines if words]
 
 
 @click.command("stitch")
