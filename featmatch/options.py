@@ -93,7 +93,12 @@ def max_tilt_option(
     )
 
 
-def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_help: str | None = None) -> Callable:
+def pipeline_options(
+    min_inliers: int = 12,
+    device: str = "auto",
+    min_inliers_help: str | None = None,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+) -> Callable:
     """Decorator adding ``--max-keypoints --max-side --ratio --mutual --method --threshold
     --min-inliers --device --precision`` (keyword arguments of the same names)."""
     options = [
@@ -101,7 +106,7 @@ def pipeline_options(min_inliers: int = 12, device: str = "auto", min_inliers_he
             "--max-keypoints",
             "-n",
             type=click.IntRange(1, C_INT_MAX),
-            default=DEFAULT_MAX_KEYPOINTS,
+            default=max_keypoints,
             show_default=True,
             help="Keep at most this many keypoints per image, the strongest first.",
         ),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -111,6 +113,8 @@ class MatchResult:
         }
 
 
+#: :meth:`Matcher.features_many` detects at most this many images ahead of the one being described.
+FEATURES_AHEAD = 2
 #: Keypoints of simulated views closer than this (detection pixels) count as one image point.
 DISTINCT_RADIUS_PX = 4.0
 
@@ -240,11 +244,46 @@ class Matcher:
         img = image if isinstance(image, Image) else load_image(image)
         return detect(img.gray, self.detect_config)
 
-    def features(self, image: ImageLike | Image) -> Features:
-        """Keypoints and descriptors of one image."""
+    def features(self, image: ImageLike | Image, detect_config: DetectConfig | None = None) -> Features:
+        """Keypoints and descriptors of one image.
+
+        Args:
+            image: a path, an array or a loaded :class:`~featmatch.imageio.Image`.
+            detect_config: detect with these options instead of the matcher's own (the
+                stitcher's lower registration resolution); ``with_sift`` is kept as the
+                descriptor needs it.
+        """
         img = image if isinstance(image, Image) else load_image(image)
-        kps = detect(img.gray, self.detect_config)
+        kps = detect(img.gray, self._detect_options(detect_config))
         return Features(kps, self.describer(kps), img.shape)
+
+    def features_many(
+        self, images: Sequence[Image], detect_configs: Sequence[DetectConfig | None] | None = None
+    ) -> Iterator[Features]:
+        """:meth:`features` of many loaded images, in order, detection running ahead on two threads.
+
+        OpenCV's DoG and the patch sampling release the GIL but use one core each for the most
+        part: two images are detected (and cut) at once while the descriptor network, here,
+        describes the one before. At most :data:`FEATURES_AHEAD` images wait, described or not.
+        """
+        configs = list(detect_configs) if detect_configs is not None else [None] * len(images)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="featmatch-detect") as pool:
+            pending: deque = deque()
+            for k, img in enumerate(images):
+                pending.append((img, pool.submit(self._detect_and_cut, img, configs[k])))
+                if len(pending) > FEATURES_AHEAD:
+                    yield self._described(*pending.popleft())
+            while pending:
+                yield self._described(*pending.popleft())
+
+    def _described(self, img: Image, job: Future) -> Features:
+        kps, patches = job.result()
+        return Features(kps, self._describe(kps, patches), img.shape)
+
+    def _detect_options(self, detect_config: DetectConfig | None) -> DetectConfig:
+        if detect_config is None:
+            return self.detect_config
+        return dataclasses.replace(detect_config, with_sift=self.detect_config.with_sift)
 
     def match_features(self, f1: Features, f2: Features, timings: dict | None = None) -> MatchResult:
         """Match two already described images and estimate the homography."""
@@ -273,9 +312,9 @@ class Matcher:
             rejected_inliers=est.num_inliers if est.H is None else None,
         )
 
-    def _detect_and_cut(self, img: Image) -> tuple[Keypoints, np.ndarray | None]:
+    def _detect_and_cut(self, img: Image, detect_config: DetectConfig | None = None) -> tuple[Keypoints, np.ndarray | None]:
         """Keypoints of one image and, for the CNN descriptors, their patches (None otherwise)."""
-        kps = detect(img.gray, self.detect_config)
+        kps = detect(img.gray, self._detect_options(detect_config))
         if not self._cuts_patches or len(kps) == 0:
             return kps, None
         from .patches import patches_for

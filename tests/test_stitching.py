@@ -324,3 +324,58 @@ def test_lazy_export():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert featmatch.stitch is stitch
+
+
+@pytest.mark.parametrize("kind", ["cylindrical", "spherical"])
+def test_interpolated_warp_tables_match_the_exact_ones(kind):
+    # The remap tables are computed every MAP_STEP pixels and interpolated: they must stay
+    # within 0.05 px of the exact ones (cv2.remap itself resolves 1/32 px) for a short focal
+    # (a 67 degree view), a rotated camera and strong lens distortion.
+    import cv2 as _cv2
+
+    from featmatch.stitching.camera import Camera
+    from featmatch.stitching.warp import MAP_STEP, region_maps, surface_footprint, surface_layout
+
+    R = _cv2.Rodrigues(np.array([0.15, 0.6, -0.05]))[0]
+    cam = Camera(R, 300.0, 201.0, 148.0, k1=-0.12, k2=0.02)
+    shape = (300, 400)
+    surface = surface_layout(kind, {0: cam}, {0: shape}, 300.0, None)
+    fp = surface_footprint(cam, shape, surface)
+    x0, y0 = np.floor(fp.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(fp.max(axis=0)).astype(int)
+    roi = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    fast = region_maps(cam, surface, roi)
+    exact = region_maps(cam, surface, roi, step=1)
+    assert MAP_STEP > 1
+    inside = exact[2] & (exact[0] >= 0) & (exact[0] < shape[1]) & (exact[1] >= 0) & (exact[1] < shape[0])
+    assert inside.mean() > 0.5
+    for a, b in zip(fast[:2], exact[:2]):
+        assert np.abs(a - b)[inside].max() < 0.05
+
+
+def test_registration_runs_at_the_register_resolution(grid_views, monkeypatch):
+    # Views of 0.75 MP are detected at <= 0.1 MP when asked, and the homographies still come
+    # out in full-resolution pixels (within 2 px at the corners, the truth scaled up).
+    import featmatch.detect as detect_module
+
+    big = [cv2.resize(v, (3 * VIEW, 3 * VIEW), interpolation=cv2.INTER_CUBIC) for v in grid_views[0][:2]]
+    seen = []
+    real = detect_module.detection_image
+
+    def spy(gray, max_side):
+        img, scale = real(gray, max_side)
+        seen.append(img.shape)
+        return img, scale
+
+    monkeypatch.setattr(detect_module, "detection_image", spy)
+    r = stitch(big, descriptor="sift", register_megapixels=0.1, projection="planar", crop=False)
+    assert len(seen) == 2 and all(h * w <= 0.1e6 for h, w in seen)
+    S = np.diag([3.0, 3.0, 1.0])
+    t0, t1 = grid_views[1][0], grid_views[1][1]
+    truth = S @ t1 @ np.linalg.inv(t0) @ np.linalg.inv(S)
+    err = _corner_error(r.relative_homography(0, 1), truth, shape=(3 * VIEW, 3 * VIEW))
+    assert err.mean() < 2.0, err
+
+    seen.clear()
+    stitch(big, descriptor="sift", register_megapixels=None, projection="planar", crop=False)
+    assert [s for s in seen] == [(3 * VIEW, 3 * VIEW)] * 2

@@ -27,7 +27,9 @@ from .config import (
     DEFAULT_PROJECTION,
     DEFAULT_RETRY_TILT,
     DEFAULT_SEAM,
+    DEFAULT_REGISTER_MEGAPIXELS,
     DEFAULT_STITCH_DESCRIPTOR,
+    DEFAULT_STITCH_KEYPOINTS,
     PROJECTIONS,
     SEAMS,
     StitchWarning,
@@ -62,7 +64,11 @@ def _expand(paths: tuple[str, ...], output: str | None = None) -> list[str]:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The panorama (PNG/JPEG).")
 @descriptor_option(DEFAULT_STITCH_DESCRIPTOR)
-@pipeline_options(min_inliers=20, min_inliers_help="Fewest inliers for two images to count as overlapping.")
+@pipeline_options(
+    min_inliers=20,
+    min_inliers_help="Fewest inliers for two images to count as overlapping.",
+    max_keypoints=DEFAULT_STITCH_KEYPOINTS,
+)
 @click.option(
     "--projection",
     type=click.Choice(PROJECTIONS),
@@ -120,6 +126,20 @@ def _expand(paths: tuple[str, ...], output: str | None = None) -> list[str]:
     help="Resolution of the panorama relative to the inputs' (instead of --output-megapixels).",
 )
 @click.option(
+    "--register-megapixels",
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    default=DEFAULT_REGISTER_MEGAPIXELS,
+    show_default=True,
+    help="Find and match keypoints in each image downscaled to at most this many megapixels "
+    "(the panorama keeps the full resolution); larger is slower and was not more accurate "
+    "against ground truth (docs/stitching.md).",
+)
+@click.option(
+    "--full-resolution-registration",
+    is_flag=True,
+    help="Register at full resolution (up to --max-side) instead of --register-megapixels.",
+)
+@click.option(
     "--pairs-per-image",
     type=click.IntRange(1, C_INT_MAX),
     default=DEFAULT_PAIRS_PER_IMAGE,
@@ -159,6 +179,8 @@ def stitch_command(
     max_megapixels,
     output_megapixels,
     scale,
+    register_megapixels,
+    full_resolution_registration,
     pairs_per_image,
     retry_tilt,
     as_json,
@@ -218,6 +240,7 @@ def stitch_command(
         max_megapixels=max_megapixels,
         output_megapixels=output_megapixels,
         scale=scale,
+        register_megapixels=None if full_resolution_registration else register_megapixels,
         pairs_per_image=pairs_per_image,
         min_inliers=min_inliers,
         retry_tilt=retry_tilt,

@@ -28,6 +28,15 @@ DEFAULT_SEAM = "dp"
 #: No cap on the canvas by default: only a canvas that a wrong model makes is refused (see
 #: :data:`featmatch.stitching.warp.BAD_MODEL_FACTOR`); ``max_megapixels`` sets one.
 DEFAULT_MAX_MEGAPIXELS = None
+#: Images are registered (detected, described, matched) at most at this many megapixels (OpenCV's
+#: stitcher: 0.6 MP); the panorama is still composed at full resolution. Against ground truth
+#: (graf, HPatches) 0.3 MP with 1500 keypoints was more accurate than full resolution with 4000,
+#: and 0.6 MP no better: docs/stitching.md ("Registration resolution").
+DEFAULT_REGISTER_MEGAPIXELS = 0.3
+#: Keypoints per image the stitcher keeps when none is asked for (``match`` keeps
+#: :data:`featmatch.detect.DEFAULT_MAX_KEYPOINTS`): a panorama's pairs overlap widely and the
+#: bundle adjustment pools every pair's inliers; measured in docs/stitching.md.
+DEFAULT_STITCH_KEYPOINTS = 1500
 #: Up to this many images every pair is matched; above it a FAISS vote shortlists pairs.
 DEFAULT_EXHAUSTIVE_MAX = 8
 #: Candidate partners kept per image by the FAISS vote.
@@ -75,6 +84,9 @@ class StitchConfig:
         max_megapixels: the largest canvas allowed (None: no cap; a canvas only a wrong model makes
             is refused anyway); a larger one raises :class:`StitchError`.
         output_megapixels: the canvas's area before the crop (None: the input resolution).
+        register_megapixels: detect and describe each image downscaled to at most this many
+            megapixels (None: at full resolution, up to the matcher's ``max_side``); keypoints
+            and every later step stay in full-resolution pixels.
         scale: output resolution relative to the input images' (exclusive with ``output_megapixels``).
         exhaustive_max: match all pairs up to this many images, else shortlist by a FAISS vote.
         pairs_per_image: candidate partners kept per image by the vote.
@@ -102,6 +114,7 @@ class StitchConfig:
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
     output_megapixels: float | None = None
     scale: float | None = None
+    register_megapixels: float | None = DEFAULT_REGISTER_MEGAPIXELS
     exhaustive_max: int = DEFAULT_EXHAUSTIVE_MAX
     pairs_per_image: int = DEFAULT_PAIRS_PER_IMAGE
     min_inliers: int = 20
@@ -123,7 +136,7 @@ class StitchConfig:
             raise ConfigError(f"unknown seam finder '{self.seam}'; choose one of {', '.join(SEAMS)}")
         if self.blend not in BLENDS:
             raise ConfigError(f"unknown blend '{self.blend}'; choose one of {', '.join(BLENDS)}")
-        for name in ("max_megapixels", "output_megapixels", "scale"):
+        for name in ("max_megapixels", "output_megapixels", "scale", "register_megapixels"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be positive, got {value}")

@@ -19,6 +19,7 @@ The steps, each in its own module:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,13 +27,14 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from ..detect import DetectConfig
 from ..geometry import project
 from ..imageio import Image, ImageLike, load_image
 from ..pipeline import Matcher
 from . import adjust, camera, exposure, graph, refine, seams, warp
 from . import blend as blending
 from . import crop as cropping
-from .config import DEFAULT_STITCH_DESCRIPTOR, StitchConfig, StitchError, StitchInputError, StitchWarning
+from .config import DEFAULT_STITCH_DESCRIPTOR, DEFAULT_STITCH_KEYPOINTS, StitchConfig, StitchError, StitchInputError, StitchWarning
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,15 @@ def _subsample(n: int, k: int) -> np.ndarray:
     return np.arange(n) if n <= k else np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
+def _register_detection(base: DetectConfig, shape: tuple[int, int], megapixels: float | None) -> DetectConfig | None:
+    """The detection options that register an image of ``shape`` at ``megapixels`` (None: the matcher's own)."""
+    h, w = shape
+    if megapixels is None or h * w <= megapixels * 1e6:
+        return None
+    side = max(64, int(max(h, w) * math.sqrt(megapixels * 1e6 / (h * w))))
+    return replace(base, max_side=side) if side < base.max_side else None
+
+
 def _split_stitch_options(options: dict) -> tuple[dict, dict]:
     names = {f.name for f in fields(StitchConfig)}
     return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
@@ -219,6 +230,7 @@ def stitch(
     stitch_opts, matcher_opts = _split_stitch_options(options)
     cfg = replace(config if config is not None else StitchConfig(), **stitch_opts)
     if matcher is None:
+        matcher_opts.setdefault("max_keypoints", DEFAULT_STITCH_KEYPOINTS)
         matcher = Matcher(descriptor, **split_matcher_options(matcher_opts))
     elif matcher_opts:
         raise StitchInputError(f"options {sorted(matcher_opts)} cannot be combined with a ready matcher")
@@ -240,7 +252,8 @@ def stitch(
     timings["load"] = _ms(t0)
 
     t0 = time.perf_counter()
-    feats = [matcher.features(im) for im in _progress(loaded, n, "features", progress)]
+    detect_configs = [_register_detection(matcher.detect_config, shapes[k], cfg.register_megapixels) for k in range(n)]
+    feats = list(_progress(matcher.features_many(loaded, detect_configs), n, "features", progress))
     timings["features"] = _ms(t0)
 
     t0 = time.perf_counter()
