@@ -149,7 +149,6 @@ def run_worker(tool: str, images: list[str], out: str) -> dict:
 
         import featmatch
         from featmatch.errors import FeatmatchError
-
         from featmatch.imageio import load_image
 
         descriptor = tool.split("-", 1)[1]

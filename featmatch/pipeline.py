@@ -312,7 +312,9 @@ class Matcher:
             rejected_inliers=est.num_inliers if est.H is None else None,
         )
 
-    def _detect_and_cut(self, img: Image, detect_config: DetectConfig | None = None) -> tuple[Keypoints, np.ndarray | None]:
+    def _detect_and_cut(
+        self, img: Image, detect_config: DetectConfig | None = None
+    ) -> tuple[Keypoints, np.ndarray | None]:
         """Keypoints of one image and, for the CNN descriptors, their patches (None otherwise)."""
         kps = detect(img.gray, self._detect_options(detect_config))
         if not self._cuts_patches or len(kps) == 0:

@@ -349,7 +349,7 @@ def test_interpolated_warp_tables_match_the_exact_ones(kind):
     assert MAP_STEP > 1
     inside = exact[2] & (exact[0] >= 0) & (exact[0] < shape[1]) & (exact[1] >= 0) & (exact[1] < shape[0])
     assert inside.mean() > 0.5
-    for a, b in zip(fast[:2], exact[:2]):
+    for a, b in zip(fast[:2], exact[:2], strict=True):
         assert np.abs(a - b)[inside].max() < 0.05
 
 

@@ -34,7 +34,14 @@ from ..pipeline import Matcher
 from . import adjust, camera, exposure, graph, refine, seams, warp
 from . import blend as blending
 from . import crop as cropping
-from .config import DEFAULT_STITCH_DESCRIPTOR, DEFAULT_STITCH_KEYPOINTS, StitchConfig, StitchError, StitchInputError, StitchWarning
+from .config import (
+    DEFAULT_STITCH_DESCRIPTOR,
+    DEFAULT_STITCH_KEYPOINTS,
+    StitchConfig,
+    StitchError,
+    StitchInputError,
+    StitchWarning,
+)
 
 logger = logging.getLogger(__name__)
 
