@@ -159,3 +159,21 @@ def test_seam_option_and_its_errors(tmp_path):
     assert json.loads(ok.stdout)["placed"] == [0, 1]
     bad = CliRunner().invoke(cli, ["stitch", *paths, "-o", out, "--seam", "nope"])
     assert bad.exit_code == 2 and "--seam" in bad.output
+
+
+def test_both_pieces_of_a_loop_image_share_one_tone_curve():
+    # On a closed 360 degree loop one image is cut in two pieces (both ends of the canvas):
+    # they are one photo and must get one correction, also when only one piece overlaps.
+    from featmatch.stitching.exposure import tone_curves
+    from featmatch.stitching.warp import Warped
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(40, 200, (60, 80, 3)).astype(np.uint8)
+    full = np.full((60, 80), 255, np.uint8)
+    left = Warped(0, base[:, :40].copy(), full[:, :40].copy(), (0, 0))  # image 0, left end
+    right = Warped(0, base[:, 40:].copy(), full[:, 40:].copy(), (400, 0))  # image 0, right end
+    brighter = np.clip(base[:, 40:].astype(np.float32) * 1.3, 0, 255).astype(np.uint8)
+    other = Warped(1, brighter, full[:, 40:].copy(), (400, 0))  # overlaps the right piece only
+    curves = tone_curves([left, right, other])
+    np.testing.assert_array_equal(curves[0], curves[1])
+    assert np.abs(curves[1] - curves[2]).max() > 5  # the correction itself is there

@@ -105,18 +105,21 @@ def joint_histograms(small: list[Warped]) -> list[tuple[int, int, np.ndarray]]:
 
 
 def tone_curves(small: list[Warped]) -> np.ndarray:
-    """``(n, 3, 256)`` curves that make overlapping pixels agree (see the module doc).
+    """``(n, 3, 256)`` curves, per piece of ``small``, that make overlapping pixels agree (see the module doc).
 
     The normal equations depend on the pixels only through each pair's joint histogram of
     (binned) values, so every solve costs ``O(64^2)`` per pair whatever the image size.
     """
-    n, K = len(small), len(KNOTS)
+    # The pieces of one image (both ends of a closed loop) share its curves: unknowns per image.
+    slot_of = {index: s for s, index in enumerate(sorted({w.index for w in small}))}
+    slots = [slot_of[w.index] for w in small]
+    n, K = len(slot_of), len(KNOTS)
     basis = _hat_basis(np.arange(0, 256, BIN) + (BIN - 1) / 2.0)
     full = _hat_basis()
-    hists = joint_histograms(small)
+    hists = [(slots[i], slots[j], H) for i, j, H in joint_histograms(small) if slots[i] != slots[j]]
     curves = np.repeat(np.arange(256.0, dtype=np.float32)[None, None], n, axis=0).repeat(3, axis=1)
     if not hists:
-        return curves
+        return curves[slots]
     D2 = np.diff(np.eye(K), 2, axis=0)  # second differences of the knots
     M = np.zeros((K, n * K))  # mean over images of each knot
     for i in range(n):
@@ -144,7 +147,7 @@ def tone_curves(small: list[Warped]) -> np.ndarray:
         for i in range(n):
             lut = np.maximum.accumulate(full @ theta[i * K : (i + 1) * K])  # monotone
             curves[i, c] = np.clip(lut, 0.0, 255.0)
-    return curves
+    return curves[slots]
 
 
 def _intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
