@@ -9,6 +9,7 @@ the viewpoint sequences with known homographies (Oxford graf, HPatches v_*) and 
 corner error of the panorama's img1 -> imgK homographies against the truth.
 
     python benchmarks/stitch_vs_opencv.py [--sets weir,budapest] [--out /tmp/stitch-out] [--ground-truth]
+    python benchmarks/stitch_vs_opencv.py --only-ground-truth --register-megapixels 0 --max-keypoints 4000
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def finish(pano: np.ndarray) -> str:
     return f"{pano.shape[1]}x{pano.shape[0]}, black {100 * black:.1f} %, ends {ends}"
 
 
-def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int, descriptor: str) -> tuple[int, float, str]:
+def run_featmatch(paths: list[Path], out: Path | None, options: dict, descriptor: str) -> tuple[int, float, str]:
     from featmatch.errors import FeatmatchError
     from featmatch.stitching import stitch
 
@@ -90,7 +91,7 @@ def run_featmatch(paths: list[Path], out: Path | None, max_keypoints: int, descr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = stitch([str(p) for p in paths], descriptor=descriptor, max_keypoints=max_keypoints)
+            r = stitch([str(p) for p in paths], descriptor=descriptor, **options)
     except FeatmatchError as exc:
         return 0, time.perf_counter() - t0, f"error: {str(exc)[:60]}"
     dt = time.perf_counter() - t0
@@ -122,7 +123,7 @@ def _cell(placed: int, n: int, want: int, dt: float, note: str) -> str:
     return f"{mark} {placed}/{n} in {dt:.1f} s" + (f" ({note})" if note not in ("ok", "") else "")
 
 
-def benchmark(names: list[str], out_dir: Path | None, max_keypoints: int, descriptor: str) -> str:
+def benchmark(names: list[str], out_dir: Path | None, options: dict, descriptor: str) -> str:
     rows = [
         f"| set | images | featmatch stitch ({descriptor}) | cv2.Stitcher PANORAMA | cv2.Stitcher SCANS |",
         "|---|---|---|---|---|",
@@ -131,7 +132,7 @@ def benchmark(names: list[str], out_dir: Path | None, max_keypoints: int, descri
         paths, want = SETS[name]
         n = len(paths)
         cells = []
-        fm = run_featmatch(paths, out_dir / f"{name}_featmatch.jpg" if out_dir else None, max_keypoints, descriptor)
+        fm = run_featmatch(paths, out_dir / f"{name}_featmatch.jpg" if out_dir else None, options, descriptor)
         cells.append(_cell(*fm[:1], n, want, fm[1], fm[2]))
         for label, mode in (("panorama", cv2.Stitcher_PANORAMA), ("scans", cv2.Stitcher_SCANS)):
             res = run_opencv(paths, mode, out_dir / f"{name}_opencv_{label}.jpg" if out_dir else None)
@@ -160,7 +161,7 @@ GT_SEQUENCES = {
 }
 
 
-def ground_truth(max_keypoints: int, descriptor: str) -> str:
+def ground_truth(options: dict, descriptor: str) -> str:
     """Stitch images 1..6 of each sequence (planar) and compare img1 -> imgK with the truth."""
     from featmatch.errors import FeatmatchError
     from featmatch.geometry import corners, project
@@ -170,14 +171,14 @@ def ground_truth(max_keypoints: int, descriptor: str) -> str:
         "| sequence | placed | 1→2 | 1→3 | 1→4 | 1→5 | 1→6 | time |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    errors: list[float] = []
+    dropped = 0
     for name, (images, hs) in GT_SEQUENCES.items():
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = stitch(
-                    [str(p) for p in images], descriptor=descriptor, max_keypoints=max_keypoints, projection="planar"
-                )
+                r = stitch([str(p) for p in images], descriptor=descriptor, projection="planar", **options)
         except FeatmatchError as exc:
             rows.append(f"| {name} | error: {exc} |  |  |  |  |  |  |")
             continue
@@ -187,12 +188,19 @@ def ground_truth(max_keypoints: int, descriptor: str) -> str:
         cells = []
         for k, hp in enumerate(hs, start=1):
             if 0 not in r.placed or k not in r.placed:
+                dropped += 1
                 cells.append("dropped")
                 continue
             err = np.linalg.norm(project(r.relative_homography(0, k), c) - project(_read_h(hp), c), axis=1)
+            errors.append(float(err.mean()))
             cells.append(f"{err.mean():.2f} (max {err.max():.2f})")
         rows.append(f"| {name} | {len(r.placed)}/6 | " + " | ".join(cells) + f" | {dt:.1f} s |")
         print(rows[-1], file=sys.stderr, flush=True)
+    if errors:
+        rows.append(
+            f"\nmedian corner error over the {len(errors)} placed pairs: {np.median(errors):.2f} px; "
+            f"{dropped} dropped; {sum(e >= 10 for e in errors)} at 10 px or more"
+        )
     return "\n".join(rows)
 
 
@@ -200,7 +208,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of: {', '.join(SETS)}")
     ap.add_argument("--out", type=Path, help="write every panorama into this folder")
-    ap.add_argument("--max-keypoints", type=int, default=4000)
+    ap.add_argument("--max-keypoints", type=int, default=None, help="[default: the stitch default]")
+    ap.add_argument(
+        "--register-megapixels",
+        type=float,
+        default=None,
+        help="registration resolution; 0: full resolution [default: the stitch default]",
+    )
     ap.add_argument("--descriptor", default=None, help="featmatch's descriptor [default: the stitch default]")
     ap.add_argument("--ground-truth", action="store_true", help="also the corner errors on graf / HPatches")
     ap.add_argument("--only-ground-truth", action="store_true", help="only the corner errors")
@@ -222,16 +236,22 @@ def main() -> None:
     from featmatch.stitching.config import DEFAULT_STITCH_DESCRIPTOR
 
     descriptor = args.descriptor or DEFAULT_STITCH_DESCRIPTOR
-    print(f"featmatch descriptor: {descriptor}; {args.max_keypoints} keypoints\n")
+    from featmatch.stitching.config import DEFAULT_REGISTER_MEGAPIXELS, DEFAULT_STITCH_KEYPOINTS
+
+    options = {"max_keypoints": args.max_keypoints or DEFAULT_STITCH_KEYPOINTS}
+    mp = DEFAULT_REGISTER_MEGAPIXELS if args.register_megapixels is None else args.register_megapixels
+    options["register_megapixels"] = mp if mp > 0 else None
+    where = f"registered at {mp:g} MP" if mp > 0 else "registered at full resolution"
+    print(f"featmatch descriptor: {descriptor}; {options['max_keypoints']} keypoints, {where}\n")
     if not args.only_ground_truth:
-        print(benchmark(names, args.out, args.max_keypoints, descriptor))
+        print(benchmark(names, args.out, options, descriptor))
     if args.ground_truth or args.only_ground_truth:
         print()
         print(
             "Corner error (pixels, mean over img1's 4 corners) of img1 -> imgK from one planar stitch of images 1..6:"
         )
         print()
-        print(ground_truth(args.max_keypoints, descriptor))
+        print(ground_truth(options, descriptor))
 
 
 if __name__ == "__main__":
