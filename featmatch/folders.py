@@ -4,15 +4,21 @@ A folder with an ``image_list.txt`` gives the images that file names, in its ord
 word of each line; ``#`` starts a comment; the panoramas-image-stitching sets carry a focal
 length after the name, which is ignored). Otherwise its images are taken in *natural* order:
 digit runs compare as numbers, so ``2.jpg`` comes before ``10.jpg``, and case is ignored.
+The same walk of the folder finds the devices, pipes and sockets named like images, which
+``batch`` leaves out with a warning (:func:`list_folder`). :func:`read_name_list` reads
+``image_list.txt`` and ``batch``'s list file alike.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, printable
+from .imageio import special_file
 
 #: File name endings taken as images when a folder is listed (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pgm", ".ppm", ".pnm", ".jp2")
@@ -37,45 +43,87 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def read_name_list(path: Path) -> list[str]:
+    """The names a text list of images holds: its lines, stripped, without blank lines and lines
+    that start with ``#``. Both ``image_list.txt`` and ``batch``'s list file are read here.
+
+    Bytes that are not UTF-8 (a Latin-1 name) decode as :func:`os.fsdecode` spells such file names.
+
+    Raises:
+        ConfigError: the file cannot be read, or it holds binary data (an image is not a list).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the image list '{printable(path)}': {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        hint = "; is it an image? pass its folder" if is_image_name(path) else ""
+        raise ConfigError(f"'{printable(path)}' is not a text list of image names (it holds binary data{hint})")
+    lines = (line.strip() for line in data.decode("utf-8", errors="surrogateescape").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def listed_images(folder: Path) -> list[Path] | None:
     """The images ``folder/image_list.txt`` names, in its order; None when there is no such file."""
     listing = folder / IMAGE_LIST
     if not listing.is_file():
         return None
-    try:
-        data = listing.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read '{printable(listing)}': {exc.strerror or exc}") from None
-    if b"\x00" in data:
-        raise ConfigError(f"'{printable(listing)}' is not a text list of image names (it holds binary data)")
-    # bytes that are not UTF-8 (a Latin-1 name) decode as os.fsdecode spells such file names
-    text = data.decode("utf-8", errors="surrogateescape")
-    words = (line.split("#")[0].split() for line in text.splitlines())
+    words = (line.split("#")[0].split() for line in read_name_list(listing))
     return [folder / w[0] for w in words if w]
 
 
-def folder_images(folder: str | os.PathLike, recursive: bool = False, exclude=()) -> list[Path]:
-    """The images of ``folder`` in the one order (``image_list.txt``'s, else natural).
+@dataclass(frozen=True)
+class FolderListing:
+    """What one walk of a folder found.
+
+    Attributes:
+        images: the images, in the one order (``image_list.txt``'s, else natural).
+        special: devices, named pipes and sockets with an image's name (natural order): never
+            opened (reading one could block or never end); empty when ``image_list.txt`` decides.
+    """
+
+    images: tuple[Path, ...]
+    special: tuple[Path, ...] = ()
+
+
+def list_folder(folder: str | os.PathLike, recursive: bool = False, exclude=()) -> FolderListing:
+    """The images of ``folder`` and the special files among them, from one walk (none when the
+    folder has an ``image_list.txt``).
 
     Args:
         folder: the folder.
         recursive: also the images of its subfolders (natural order of the relative paths);
             ``image_list.txt`` still decides when the folder has one.
         exclude: paths to leave out (e.g. a panorama being written into the folder).
-
-    Returns:
-        The image paths (possibly empty).
     """
     root = Path(folder)
     skip = {os.path.realpath(p) for p in exclude}
     listed = listed_images(root)
     if listed is not None:
-        files = listed
-    else:
-        candidates = root.rglob("*") if recursive else root.iterdir()
-        # broken and looping symbolic links are kept: the caller reports them as unusable images
-        files = natural_sorted(
-            (p for p in candidates if is_image_name(p) and (p.is_file() or (p.is_symlink() and not p.exists()))),
-            key=lambda p: p.relative_to(root),
-        )
-    return [p for p in files if os.path.realpath(p) not in skip]
+        return FolderListing(tuple(p for p in listed if os.path.realpath(p) not in skip))
+    found: dict[str, list[Path]] = {"image": [], "special": []}
+    for p in root.rglob("*") if recursive else root.iterdir():
+        kind = _kind(p) if is_image_name(p) and os.path.realpath(p) not in skip else None
+        if kind is not None:
+            found[kind].append(p)
+    images, special = (natural_sorted(found[k], key=lambda p: p.relative_to(root)) for k in ("image", "special"))
+    return FolderListing(tuple(images), tuple(special))
+
+
+def _kind(path: Path) -> str | None:
+    """What a path found in a folder is: ``"image"`` for a regular file or a broken or looping symbolic
+    link (the caller reports those as unusable images), ``"special"`` for a device, pipe or socket,
+    None for anything else (a folder)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "image" if path.is_symlink() else None
+    if stat.S_ISREG(st.st_mode):
+        return "image"
+    return "special" if special_file(st) is not None else None
+
+
+def folder_images(folder: str | os.PathLike, recursive: bool = False, exclude=()) -> list[Path]:
+    """The images of ``folder`` in the one order (``image_list.txt``'s, else natural):
+    :func:`list_folder`'s images, possibly none."""
+    return list(list_folder(folder, recursive, exclude).images)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, printable
-from ..folders import IMAGE_SUFFIXES, folder_images, is_image_name
+from ..folders import IMAGE_SUFFIXES, is_image_name, list_folder, read_name_list
 from ..imageio import read_image_file, special_file
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,10 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if root.is_dir():
             # image_list.txt's order, else natural order (2.jpg before 10.jpg), as stitch reads a folder.
             # Broken and looping symbolic links are listed too: they are reported as unusable images,
-            # not silently left out (pipes and other special files are skipped: reading one could block)
-            files = folder_images(root, recursive=True)
-            # pipes and devices with an image's name too: batch() leaves them out with a warning
-            known = set(files)
-            files += sorted(p for p in root.rglob("*") if is_image_name(p) and p not in known and _special(p))
-            entries = [ImageEntry(_relative_name(p, root), p) for p in files]
+            # not silently left out; pipes and devices with an image's name come last, and batch()
+            # leaves them out with a warning (reading one could block)
+            listing = list_folder(root, recursive=True)
+            entries = [ImageEntry(_relative_name(p, root), p) for p in listing.images + listing.special]
         elif root.is_file():
             entries = _read_list_file(root)
         else:
@@ -82,28 +80,9 @@ def _relative_name(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _special(path: Path) -> bool:
-    try:
-        return special_file(path.stat()) is not None
-    except OSError:
-        return False
-
-
 def _read_list_file(path: Path) -> list[ImageEntry]:
-    entries = []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the image list '{printable(path)}': {exc.strerror or exc}") from None
-    if b"\x00" in data:
-        raise ConfigError(f"'{printable(path)}' is not a text list of image paths (is it an image? pass its folder)")
-    text = data.decode("utf-8", errors="surrogateescape")  # names that are not UTF-8 stay as os.fsdecode has them
-    for line in text.splitlines():
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        p = Path(name)
-        entries.append(ImageEntry(name, p if p.is_absolute() else path.parent / p))
+    # relative to the list file's folder (an absolute path stays as it is: "/" joins to the name alone)
+    entries = [ImageEntry(name, path.parent / name) for name in read_name_list(path)]
     if entries and not any(e.path.exists() or e.path.is_symlink() for e in entries):
         # a text file that names no existing file is not a list of images (a stray .jpg, a typo)
         what = "a text file named like an image, not an image" if is_image_name(path) else "not a list of images"
