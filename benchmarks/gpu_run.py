@@ -207,8 +207,12 @@ def data_spec(plan: Plan, data_root: Path, cache: Path) -> dict:
             "max_photos": plan.max_photos, "workers": plan.data_workers, "dry": plan.dry}
 
 
-def load_data(spec: dict, build: bool = False):
-    """(train dataset, test pairs, val pairs), from the cache (built there first when ``build``)."""
+def load_data(spec: dict, build: bool = False, train: bool = True):
+    """(train dataset, test pairs, val pairs), from the cache (built there first when ``build``).
+
+    ``train=False`` leaves the training set out (None): a run that only scores a weights file
+    needs the pairs alone, not the ~530 MB of training patches.
+    """
     from featmatch.train.datasets import (
         TestPairsConfig,
         WarpConfig,
@@ -223,7 +227,7 @@ def load_data(spec: dict, build: bool = False):
     root, cache = Path(spec["data_root"]), Path(spec["cache"])
     photos = train_photos(root)[: spec["max_photos"]] if spec["max_photos"] else train_photos(root)
     warp = WarpConfig(warps_per_image=spec["warps"], max_keypoints=spec["max_keypoints"])
-    ds = build_warp_dataset(photos, warp, cache_dir=cache, workers=spec["workers"] if build else 1)
+    ds = build_warp_dataset(photos, warp, cache_dir=cache, workers=spec["workers"] if build else 1) if train else None
     if spec["dry"]:  # tiny pairs: two test photos, one warp each; validation from one train photo
         small = TestPairsConfig(warps_per_photo=1, max_pairs_per_warp=200,
                                 warp=dataclasses.replace(TestPairsConfig().warp, max_keypoints=spec["max_keypoints"]))
@@ -264,7 +268,7 @@ def worker(spec: dict) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
     device = torch.device(spec["device"])
-    ds, test, val = load_data(spec["data"])
+    ds, test, val = load_data(spec["data"], train=not spec.get("weights"))
     out: dict = {"name": spec["name"], "spec": spec, "load_s": round(time.time() - t0, 1)}
     if spec.get("weights"):  # score a file
         state = read_state_dict(Path(spec["weights"]))
