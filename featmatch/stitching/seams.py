@@ -108,14 +108,19 @@ def find(
         offset_x = scale * (x + 0.5) - 0.5 - s.corner[0]
         offset_y = scale * (y + 0.5) - 0.5 - s.corner[1]
         to_small = np.array([[scale, 0.0, offset_x], [0.0, scale, offset_y]])
-        soft = cv2.warpAffine(
-            m.astype(np.float32) / 255.0,
-            to_small,
-            (rw, rh),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
+        # the seam mask and, to break ties, the distance to the image's border, both found at
+        # low resolution and bilinearly upsampled (a full-resolution distance transform per
+        # image cost more than the seam search itself)
+        soft, dist = (
+            cv2.warpAffine(
+                a,
+                to_small,
+                (rw, rh),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for a in (m.astype(np.float32) / 255.0, _border_distance(s.mask))
         )
-        dist = _border_distance(w.mask)
         score = soft + 1e-6 * dist
         score[w.mask == 0] = -1.0
         sub_best = best[y : y + rh, x : x + rw]
