@@ -537,6 +537,11 @@ def _pair_points(pm: graph.PairMatch, shapes: dict, scale: float, most: int) -> 
     return refine.PairPoints(pm.i, pm.j, a, b)
 
 
+#: ``auto`` skips the lens terms when the rotation stage's focal is this many times beyond
+#: :data:`.adjust.AUTO_MAX_FOCAL_SIDES` (the lens terms move the focal by a few percent).
+LENS_SKIP_FOCAL_MARGIN = 1.2
+
+
 def _geometry(
     matcher, feats, verified, edges, pair_points, centred, tree, reference, main, shapes, scale, focal_n, cfg, progress
 ):
@@ -563,12 +568,23 @@ def _geometry(
             )
         R0 = camera.chain_rotations(reference, tree, centred, focal_n)
         lens = cfg.lens and cfg.refine
+        side = float(np.median([max(shapes[v]) for v in main]))
+        # ``auto`` with a focal far beyond a rotation's (a scan, a map) goes to the plane whatever
+        # the lens terms do: the rotation stage alone decides it, the lens stage is not fitted.
         first = adjust.adjust_cameras(
-            main, reference, R0, focal_n, pair_points, shapes, scale, huber, lens=lens, iterations=iters
+            main, reference, R0, focal_n, pair_points, shapes, scale, huber, lens=False, iterations=iters
         )
+        clearly_planar = (
+            projection == "auto"
+            and first.cameras[reference].focal > LENS_SKIP_FOCAL_MARGIN * adjust.AUTO_MAX_FOCAL_SIDES * side
+        )
+        if lens and not clearly_planar:
+            with_lens = adjust.adjust_cameras(
+                main, reference, R0, focal_n, pair_points, shapes, scale, huber, lens, first.cameras, iters
+            )
+            first = replace(with_lens, rms_before=first.rms_before)  # "before": the chained rotations
         if projection == "auto":
             rms_free = adjust.homography_rms(pair_points, [centred[(pp.i, pp.j)] for pp in pair_points], scale)
-            side = float(np.median([max(shapes[v]) for v in main]))
             f_ref = first.cameras[reference].focal
             ok = adjust.rotation_explains(first.rms_after, rms_free, f_ref, side)
             logger.info(
