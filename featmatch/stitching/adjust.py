@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .camera import Camera, distort, undistort
-from .refine import PairPoints, RefineReport, refine
+from .camera import Camera, distort, undistort, undistort_xy
+from .refine import PairPoints, RefineReport, refine, rodrigues
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,58 @@ class CameraModel:
         r1 = self._transfer(pp.i, pp.j, pp.a, p) - pp.b
         r2 = self._transfer(pp.j, pp.i, pp.b, p) - pp.a
         return np.concatenate([r1, r2]).ravel()
+
+    def _rotations(self, v: int, Q: np.ndarray) -> np.ndarray:
+        """:meth:`rotation` of every row of ``Q`` ``(m, P)`` -> ``(m, 3, 3)``."""
+        if v == self.reference:
+            return np.broadcast_to(np.eye(3), (len(Q), 3, 3))
+        k = self.slot[v]
+        return rodrigues(Q[:, 3 * k : 3 * k + 3])
+
+    def _intrinsic_columns(self, v: int) -> list[int]:
+        """Columns of ``f, px, py, k1, k2`` of image ``v`` in the parameter vector."""
+        o = self.base + GROUP_PARAMS * self.groups[v]
+        return [3 * len(self.slot) + self.focal_groups[v], o, o + 1, o + 2, o + 3]
+
+    def _transfer_batch(self, src: int, dst: int, pts: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_transfer` for every row of ``Q`` ``(m, P)`` -> x and y, each ``(m, K)``.
+
+        Works on separate x and y arrays (numpy reduces a last axis of length 2 slowly), and
+        undistorts only once per distinct source lens among the rows: the forward differences
+        perturb one parameter per row, so most rows share the unperturbed one.
+        """
+        cs = self._intrinsic_columns(src)
+        # The rows whose source intrinsics differ from row 0's, and which undistorted row each row uses.
+        own = np.flatnonzero(np.any(Q[1:, cs] != Q[0, cs], axis=1)) + 1
+        use = np.zeros(len(Q), np.intp)
+        use[own] = np.arange(1, len(own) + 1)
+        sel = np.r_[0, own]
+        f, px, py, k1, k2 = (Q[sel, c][:, None] for c in cs)
+        x, y = undistort_xy((pts[:, 0] - px) / f, (pts[:, 1] - py) / f, k1, k2)
+        x, y = x[use], y[use]
+        M = self._rotations(src, Q) @ self._rotations(dst, Q).transpose(0, 2, 1)  # rays @ R_dst^T
+        M = M[:, :, :, None]
+        cx = x * M[:, 0, 0] + y * M[:, 1, 0] + M[:, 2, 0]
+        cy = x * M[:, 0, 1] + y * M[:, 1, 1] + M[:, 2, 1]
+        z = x * M[:, 0, 2] + y * M[:, 1, 2] + M[:, 2, 2]
+        z = np.where(np.abs(z) < 1e-9, 1e-9, z)
+        X, Y = cx / z, cy / z
+        f2, px2, py2, k12, k22 = (Q[:, c][:, None] for c in self._intrinsic_columns(dst))
+        r2 = X * X + Y * Y
+        d = 1.0 + k12 * r2 + k22 * r2 * r2
+        return X * d * f2 + px2, Y * d * f2 + py2
+
+    def pair_residuals(self, pp: PairPoints, Q: np.ndarray) -> np.ndarray:
+        """:meth:`pair_residual` for every row of ``Q`` ``(m, P)`` -> ``(m, 4K)``."""
+        K = len(pp.a)
+        out = np.empty((len(Q), 2, K, 2))
+        x, y = self._transfer_batch(pp.i, pp.j, pp.a, Q)
+        np.subtract(x, pp.b[:, 0], out=out[:, 0, :, 0])
+        np.subtract(y, pp.b[:, 1], out=out[:, 0, :, 1])
+        x, y = self._transfer_batch(pp.j, pp.i, pp.b, Q)
+        np.subtract(x, pp.a[:, 0], out=out[:, 1, :, 0])
+        np.subtract(y, pp.a[:, 1], out=out[:, 1, :, 1])
+        return out.reshape(len(Q), -1)
 
     def cameras(self, p: np.ndarray, shapes: dict[int, tuple[int, int]], scale: float) -> dict[int, Camera]:
         """The adjusted cameras in pixels."""

@@ -11,7 +11,10 @@ Each image ``i`` has a ``3 x 3`` matrix ``M_i`` that maps its normalized pixel c
 
 The solver is Levenberg-Marquardt on the symmetric transfer error in pixels, with Huber
 weights, a numerical Jacobian per pair (only the pair's own parameters) and dense normal
-equations: small (tens of images) and fast.
+equations: small (tens of images) and fast. A pair's forward differences are evaluated in one
+batch: the unperturbed parameters and one copy per perturbed parameter are stacked into a
+``(m, P)`` array and the model maps all of them at once (``matrices(v, Q)`` or
+``pair_residuals(pair, Q)``), which is what keeps the numpy overhead per pair small.
 """
 
 from __future__ import annotations
@@ -61,6 +64,40 @@ def _project(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     return q[:, :2] / z
 
 
+def rodrigues(rvecs: np.ndarray) -> np.ndarray:
+    """``(m, 3)`` rotation vectors -> ``(m, 3, 3)`` rotation matrices (``cv2.Rodrigues``'s formula, batched)."""
+    rvecs = np.asarray(rvecs, np.float64)
+    theta = np.sqrt(np.sum(rvecs * rvecs, axis=-1))
+    small = theta < np.finfo(np.float64).eps
+    u = rvecs / np.where(small, 1.0, theta)[:, None]
+    c, s = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    zero = np.zeros_like(x)
+    cross = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(-1, 3, 3)
+    R = c * np.eye(3) + (1.0 - c) * (u[:, :, None] * u[:, None, :]) + s * cross
+    R[small] = np.eye(3)
+    return R
+
+
+def _project_batch(T: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``(m, 3, 3)`` transforms of ``(K, 2)`` points -> ``(m, K, 2)``."""
+    q = p[None, :, 0:1] * T[:, None, :, 0] + p[None, :, 1:2] * T[:, None, :, 1] + T[:, None, :, 2]
+    z = q[:, :, 2:3]
+    z = np.where(np.abs(z) < 1e-12, 1e-12, z)
+    return q[:, :, :2] / z
+
+
+def pair_residuals(Mi: np.ndarray, Mj: np.ndarray, pp: PairPoints) -> np.ndarray:
+    """:func:`_pair_residual` of ``(m, 3, 3)`` stacks of ``M_i`` and ``M_j`` -> ``(m, 4K)``."""
+    try:
+        Mi_inv, Mj_inv = np.linalg.inv(Mi), np.linalg.inv(Mj)
+    except np.linalg.LinAlgError:
+        return np.stack([_pair_residual(a, b, pp) for a, b in zip(Mi, Mj, strict=True)])
+    r1 = _project_batch(Mj_inv @ Mi, pp.a) - pp.b
+    r2 = _project_batch(Mi_inv @ Mj, pp.b) - pp.a
+    return np.concatenate([r1, r2], axis=1).reshape(len(Mi), -1)
+
+
 def _pair_residual(Mi: np.ndarray, Mj: np.ndarray, pp: PairPoints) -> np.ndarray:
     try:
         Mi_inv, Mj_inv = np.linalg.inv(Mi), np.linalg.inv(Mj)
@@ -97,6 +134,13 @@ class PlanarModel:
             return np.eye(3)
         k = self.slot[v]
         return np.append(p[8 * k : 8 * k + 8], 1.0).reshape(3, 3)
+
+    def matrices(self, v: int, Q: np.ndarray) -> np.ndarray:
+        """:meth:`matrix` of every row of ``Q`` ``(m, P)`` -> ``(m, 3, 3)``."""
+        if v == self.reference:
+            return np.broadcast_to(np.eye(3), (len(Q), 3, 3))
+        k = self.slot[v]
+        return np.concatenate([Q[:, 8 * k : 8 * k + 8], np.ones((len(Q), 1))], axis=1).reshape(-1, 3, 3)
 
 
 class RotationModel:
@@ -138,6 +182,16 @@ class RotationModel:
         f = p[-1]
         return self.rotation(v, p).T @ np.diag([1.0 / f, 1.0 / f, 1.0])
 
+    def matrices(self, v: int, Q: np.ndarray) -> np.ndarray:
+        """:meth:`matrix` of every row of ``Q`` ``(m, P)`` -> ``(m, 3, 3)``."""
+        if v == self.reference:
+            Rt = np.broadcast_to(np.eye(3), (len(Q), 3, 3))
+        else:
+            k = self.slot[v]
+            Rt = rodrigues(Q[:, 3 * k : 3 * k + 3]).transpose(0, 2, 1)
+        inv_f = 1.0 / Q[:, -1]
+        return Rt * np.stack([inv_f, inv_f, np.ones(len(Q))], axis=1)[:, None, :]
+
 
 def _weights(r: np.ndarray, delta: float) -> np.ndarray:
     """Huber IRLS weights per 2-D residual, repeated for x and y."""
@@ -149,6 +203,20 @@ def _weights(r: np.ndarray, delta: float) -> np.ndarray:
 def _huber_cost(r: np.ndarray, delta: float) -> float:
     norm = np.sqrt(r[0::2] ** 2 + r[1::2] ** 2)
     return float(np.sum(np.where(norm <= delta, 0.5 * norm**2, delta * (norm - 0.5 * delta))))
+
+
+def forward_jacobian(
+    batch, pp: PairPoints, p: np.ndarray, idx: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward-difference Jacobian ``(n, len(idx))`` of a pair's residuals and the residuals ``(n,)`` at ``p``.
+
+    ``batch(pp, Q)`` evaluates the rows of ``Q``: ``p`` itself, then ``p`` with ``eps`` added to
+    one parameter of ``idx`` per row.
+    """
+    Q = np.repeat(p[None], len(idx) + 1, axis=0)
+    Q[np.arange(1, len(idx) + 1), idx] += eps
+    R = batch(pp, Q)
+    return ((R[1:] - R[0]) / eps).T, R[0]
 
 
 def refine(
@@ -164,7 +232,8 @@ def refine(
     Args:
         model: the parametrization: :class:`PlanarModel`, :class:`RotationModel` or
             :class:`~featmatch.stitching.adjust.CameraModel` (anything with ``num_params``,
-            ``params_of(v)`` and ``matrix(i, p)`` or ``pair_residual(pair, p)``).
+            ``params_of(v)`` and one of: ``pair_residuals(pair, Q)`` (batched over the rows of
+            ``Q``), ``matrices(v, Q)`` (batched), ``pair_residual(pair, p)`` or ``matrix(v, p)``).
         params: ``(P,)`` the starting values (from the chained pairwise estimates).
         pairs: the normalized inlier correspondences of every verified pair.
         scale: pixels per normalized unit (reports and the Huber threshold are in pixels).
@@ -185,12 +254,24 @@ def refine(
 
     # A model may define its own pair residual (the camera model's lens distortion) and a
     # Gaussian prior ``prior_weight * (p - prior_mean)`` on its parameters.
-    if hasattr(model, "pair_residual"):
-        residual = model.pair_residual
-    else:
+    # ``batch(pp, Q)``: the pair's residuals for every row of ``Q`` at once.
+    if hasattr(model, "pair_residuals"):
+        batch = model.pair_residuals
+    elif hasattr(model, "matrices"):
 
-        def residual(pp: PairPoints, q: np.ndarray) -> np.ndarray:
-            return _pair_residual(model.matrix(pp.i, q), model.matrix(pp.j, q), pp)
+        def batch(pp: PairPoints, Q: np.ndarray) -> np.ndarray:
+            return pair_residuals(model.matrices(pp.i, Q), model.matrices(pp.j, Q), pp)
+
+    else:
+        if hasattr(model, "pair_residual"):
+            residual = model.pair_residual
+        else:
+
+            def residual(pp: PairPoints, q: np.ndarray) -> np.ndarray:
+                return _pair_residual(model.matrix(pp.i, q), model.matrix(pp.j, q), pp)
+
+        def batch(pp: PairPoints, Q: np.ndarray) -> np.ndarray:
+            return np.stack([residual(pp, q) for q in Q])
 
     prior_w = getattr(model, "prior_weight", np.zeros(model.num_params))
     prior_mean = getattr(model, "prior_mean", np.zeros(model.num_params))
@@ -198,7 +279,7 @@ def refine(
     def total(q: np.ndarray) -> tuple[float, float]:
         cost, sq = 0.0, 0.0
         for pp in pairs:
-            r = residual(pp, q)
+            r = batch(pp, q[None])[0]
             cost += _huber_cost(r, delta)
             sq += float(r @ r)
         cost += 0.5 * float(np.sum((prior_w * (q - prior_mean)) ** 2))
@@ -213,12 +294,7 @@ def refine(
             idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
             if len(idx) == 0:
                 continue
-            r0 = residual(pp, p)
-            J = np.empty((len(r0), len(idx)))
-            for c, k in enumerate(idx):
-                q = p.copy()
-                q[k] += eps
-                J[:, c] = (residual(pp, q) - r0) / eps
+            J, r0 = forward_jacobian(batch, pp, p, idx, eps)
             w = _weights(r0, delta)
             Jw = J * w[:, None]
             JtJ[np.ix_(idx, idx)] += Jw.T @ J
