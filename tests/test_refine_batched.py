@@ -170,3 +170,27 @@ def test_refine_batched_equals_unbatched():
     assert rep_fast.iterations == rep_slow.iterations
     np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-7)
     assert rep_fast.rms_after == pytest.approx(rep_slow.rms_after, rel=1e-9)
+
+
+@pytest.mark.parametrize("free_lens", [True, False])
+def test_stacked_analytic_jacobian_matches_finite_differences(free_lens):
+    """CameraPairs: all pairs' residuals at once, and the chain-rule Jacobian against central differences."""
+    rng = np.random.default_rng(7)
+    model, p = _camera_problem(rng, free_lens)
+    pairs = []
+    for i, j in ((0, 1), (1, 2), (2, 3), (0, 3), (3, 1)):
+        a = rng.uniform(-0.4, 0.4, (30, 2))
+        pairs.append(PairPoints(i, j, a, model._transfer(i, j, a, p) + rng.normal(size=(30, 2)) * 0.01))
+    st = model.stacked(pairs)
+    ref = np.concatenate([_reference_residual(model, pp, p) for pp in pairs])
+    np.testing.assert_allclose(st.residuals(p), ref, rtol=1e-9, atol=1e-9)
+    h = 1e-6
+    for pp, (idx, J, r0) in zip(pairs, st.jacobians(p), strict=True):
+        assert np.array_equal(idx, np.union1d(model.params_of(pp.i), model.params_of(pp.j)))
+        np.testing.assert_allclose(r0, _reference_residual(model, pp, p), rtol=1e-9, atol=1e-9)
+        for c, k in enumerate(idx):
+            up, down = p.copy(), p.copy()
+            up[k] += h
+            down[k] -= h
+            col = (_reference_residual(model, pp, up) - _reference_residual(model, pp, down)) / (2 * h)
+            np.testing.assert_allclose(J[:, c], col, rtol=0, atol=1e-7 * max(1.0, np.abs(col).max()))

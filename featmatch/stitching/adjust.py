@@ -199,6 +199,10 @@ class CameraModel:
         np.subtract(y, pp.a[:, 1], out=out[:, 1, :, 1])
         return out.reshape(len(Q), -1)
 
+    def stacked(self, pairs: list[PairPoints]) -> CameraPairs:
+        """All pairs' points in one set of arrays: residuals and analytic Jacobians in one pass."""
+        return CameraPairs(self, pairs)
+
     def cameras(self, p: np.ndarray, shapes: dict[int, tuple[int, int]], scale: float) -> dict[int, Camera]:
         """The adjusted cameras in pixels."""
         out = {}
@@ -214,6 +218,173 @@ class CameraModel:
                 k2,
                 self.groups[v],
             )
+        return out
+
+
+class CameraPairs:
+    """The inliers of all pairs of a :class:`CameraModel`, both directions, as one set of arrays.
+
+    :meth:`residuals` is :meth:`CameraModel.pair_residual` of every pair, concatenated;
+    :meth:`jacobians` gives every pair's analytic Jacobian (chain rule through the lens, the
+    rotations (``cv2.Rodrigues``'s derivative) and the undistortion, the latter by implicit
+    differentiation of ``u = x (1 + k1 |x|^2 + k2 |x|^4)``). Computing all points at once keeps
+    the numpy overhead per pair out of the solver's inner loop.
+    """
+
+    #: Per point and direction, the derivative columns: source rotation (3), destination rotation
+    #: (3), source ``f, px, py, k1, k2``, destination ``f, px, py, k1, k2``.
+    SLOTS = 16
+
+    def __init__(self, model: CameraModel, pairs: list[PairPoints]):
+        self.model = model
+        self.nodes = list(model.groups)
+        pos = {v: n for n, v in enumerate(self.nodes)}
+        self.pairs = pairs
+        src, dst, s_img, d_img, dpair = [], [], [], [], []
+        self.directed = []  # (s, d) per directed pair
+        for pp in pairs:
+            for a, b, s, d in ((pp.a, pp.b, pp.i, pp.j), (pp.b, pp.a, pp.j, pp.i)):
+                src.append(a)
+                dst.append(b)
+                dpair.append(np.full(len(a), len(self.directed)))
+                self.directed.append((pos[s], pos[d]))
+                s_img.append(np.full(len(a), pos[s]))
+                d_img.append(np.full(len(a), pos[d]))
+        self.src = np.concatenate(src)
+        self.dst = np.concatenate(dst)
+        self.s_img, self.d_img = np.concatenate(s_img), np.concatenate(d_img)
+        self.dpair = np.concatenate(dpair)
+        self.counts = np.bincount(self.dpair, minlength=len(self.directed))
+        dir_arr = np.array(self.directed, np.intp).reshape(-1, 2)
+        self.dp_s, self.dp_d = dir_arr[:, 0], dir_arr[:, 1]
+        self.intr_cols = np.array([model._intrinsic_columns(v) for v in self.nodes])  # (n, 5)
+        # Per pair: its parameters and the slot -> column selection of each direction.
+        self.idx, self.select, self.rows = [], [], []
+        start = 0
+        for pp in pairs:
+            idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
+            sels = []
+            for s, d in ((pp.i, pp.j), (pp.j, pp.i)):
+                S = np.zeros((self.SLOTS, len(idx)))
+                glob = [
+                    *self._rot_cols(s),
+                    *self._rot_cols(d),
+                    *model._intrinsic_columns(s),
+                    *model._intrinsic_columns(d),
+                ]
+                for slot, g in enumerate(glob):
+                    if g >= 0 and model.free[g]:
+                        S[slot, np.searchsorted(idx, g)] += 1.0
+                sels.append(S)
+            self.idx.append(idx)
+            self.select.append(sels)
+            self.rows.append(start)
+            start += 2 * len(pp.a)
+
+    def _rot_cols(self, v: int) -> list[int]:
+        if v == self.model.reference:
+            return [-1, -1, -1]
+        k = self.model.slot[v]
+        return [3 * k, 3 * k + 1, 3 * k + 2]
+
+    def _rotations(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image ``R (n, 3, 3)`` and ``A (n, 3, 3)``: column ``k`` of ``A`` is the axis ``a_k`` with
+        ``dR / dr_k = [a_k]x R`` (from ``cv2.Rodrigues``'s derivative; zero for the reference)."""
+        R = np.empty((len(self.nodes), 3, 3))
+        A = np.zeros((len(self.nodes), 3, 3))
+        for n, v in enumerate(self.nodes):
+            if v == self.model.reference:
+                R[n] = np.eye(3)
+                continue
+            k = self.model.slot[v]
+            Rv, jac = cv2.Rodrigues(np.ascontiguousarray(p[3 * k : 3 * k + 3]))
+            R[n] = Rv
+            W = jac.reshape(3, 3, 3) @ Rv.T  # skew-symmetric [a_k]x
+            A[n] = np.stack([W[:, 2, 1], W[:, 0, 2], W[:, 1, 0]])
+        return R, A
+
+    def _forward(self, p: np.ndarray, derivatives: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Residuals ``(2N,)`` and, with ``derivatives``, ``J (SLOTS, 2, N)`` (see :data:`SLOTS`)."""
+        R, A = self._rotations(p)
+        intr = p[self.intr_cols]  # (n, 5)
+        # M = R_s R_d^T per directed pair: a source ray (row) times M is the destination camera ray.
+        Rs, Rd = R[self.dp_s], R[self.dp_d]
+        M = np.repeat((Rs @ Rd.transpose(0, 2, 1)).reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)
+        fs, pxs, pys, k1s, k2s = intr[self.s_img].T
+        fd, pxd, pyd, k1d, k2d = intr[self.d_img].T
+        ux, uy = (self.src[:, 0] - pxs) / fs, (self.src[:, 1] - pys) / fs
+        x, y = undistort_xy(ux, uy, k1s, k2s)
+        cx = x * M[0, 0] + y * M[1, 0] + M[2, 0]
+        cy = x * M[0, 1] + y * M[1, 1] + M[2, 1]
+        z = x * M[0, 2] + y * M[1, 2] + M[2, 2]
+        clamped = np.abs(z) < 1e-9
+        z = np.where(clamped, 1e-9, z)
+        X, Y = cx / z, cy / z
+        sig = X * X + Y * Y
+        h = 1.0 + k1d * sig + k2d * sig * sig
+        res = np.empty((len(X), 2))
+        res[:, 0] = X * h * fd + pxd - self.dst[:, 0]
+        res[:, 1] = Y * h * fd + pyd - self.dst[:, 1]
+        if not derivatives:
+            return res.ravel(), None
+        J = np.empty((self.SLOTS, 2, len(X)))
+        # G = d out / d cam (2 x 3): the lens's 2 x 2 times the projection's (1/z) [[1, 0, -X], [0, 1, -Y]].
+        inv_z = np.where(clamped, 0.0, 1.0 / z)
+        hp2 = 2.0 * (k1d + 2.0 * k2d * sig)
+        a00, a01, a11 = fd * (h + hp2 * X * X), fd * hp2 * X * Y, fd * (h + hp2 * Y * Y)
+        G = np.stack(
+            [
+                [a00 * inv_z, a01 * inv_z, -(a00 * X + a01 * Y) * inv_z],
+                [a01 * inv_z, a11 * inv_z, -(a01 * X + a11 * Y) * inv_z],
+            ]
+        )  # (2, 3, N)
+        # H = G M^T (2 x 3): d out / d [x, y, 1] of the source ray.
+        H = np.einsum("arn,crn->acn", G, M)
+        # Source rotation: d cam = M^T (w x a_k), so d out_a = a_k . (H_a x w) with w = (x, y, 1).
+        # Destination rotation: d cam = b_k x cam, so d out_a = b_k . (cam x G_a).
+        w = np.stack([x, y, np.ones_like(x)])
+        cam = np.stack([cx, cy, z])
+        As = np.repeat(A[self.dp_s].reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)  # [comp, k, N]
+        Ad = np.repeat(A[self.dp_d].reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)
+        for o in range(2):
+            Bs = np.cross(H[o], w, axis=0)
+            Bd = np.cross(cam, G[o], axis=0)
+            J[0:3, o] = Bs[0] * As[0] + Bs[1] * As[1] + Bs[2] * As[2]
+            J[3:6, o] = Bd[0] * Ad[0] + Bd[1] * Ad[1] + Bd[2] * Ad[2]
+        # Source intrinsics: E dx = du with E = g I + c x x^T, E^-1 = (I - c x x^T / (g + c rho)) / g.
+        rho = x * x + y * y
+        g = 1.0 + k1s * rho + k2s * rho * rho
+        c = 2.0 * (k1s + 2.0 * k2s * rho)
+        cc = c / (g + c * rho)
+        e00, e01, e11 = (1.0 - cc * x * x) / g, -cc * x * y / g, (1.0 - cc * y * y) / g
+        for o in range(2):
+            h0 = H[o, 0] * e00 + H[o, 1] * e01  # (H E^-1)[o]: d out_o / d u
+            h1 = H[o, 0] * e01 + H[o, 1] * e11
+            J[6, o] = -(h0 * ux + h1 * uy) / fs  # f: du = -u / f
+            J[7, o] = -h0 / fs
+            J[8, o] = -h1 / fs
+            J[9, o] = -(h0 * x + h1 * y) * rho  # k1: E dx = -x rho
+            J[10, o] = J[9, o] * rho  # k2: E dx = -x rho^2
+        J[11, 0], J[11, 1] = X * h, Y * h
+        J[12:14] = 0.0
+        J[12, 0] = J[13, 1] = 1.0
+        J[14, 0], J[14, 1] = fd * X * sig, fd * Y * sig
+        J[15] = J[14] * sig
+        return res.ravel(), J
+
+    def residuals(self, p: np.ndarray) -> np.ndarray:
+        """``(sum 4K,)``: every pair's :meth:`CameraModel.pair_residual`, concatenated in ``pairs`` order."""
+        return self._forward(p, False)[0]
+
+    def jacobians(self, p: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per pair: its parameters ``idx``, the Jacobian ``(4K, len(idx))`` and the residuals ``(4K,)``."""
+        r, J = self._forward(p, True)
+        out = []
+        for pp, idx, (S1, S2), start in zip(self.pairs, self.idx, self.select, self.rows, strict=True):
+            K = len(pp.a)
+            J1 = J[:, :, start : start + K].T.reshape(2 * K, self.SLOTS) @ S1
+            J2 = J[:, :, start + K : start + 2 * K].T.reshape(2 * K, self.SLOTS) @ S2
+            out.append((idx, np.concatenate([J1, J2]), r[2 * start : 2 * start + 4 * K]))
         return out
 
 

@@ -273,12 +273,18 @@ def refine(
         def batch(pp: PairPoints, Q: np.ndarray) -> np.ndarray:
             return np.stack([residual(pp, q) for q in Q])
 
+    # A model may also stack all pairs into one evaluation with analytic Jacobians.
+    stacked = model.stacked(pairs) if hasattr(model, "stacked") else None
+
     prior_w = getattr(model, "prior_weight", np.zeros(model.num_params))
     prior_mean = getattr(model, "prior_mean", np.zeros(model.num_params))
 
     def total(q: np.ndarray) -> tuple[float, float]:
         cost, sq = 0.0, 0.0
-        for pp in pairs:
+        if stacked is not None:
+            r = stacked.residuals(q)
+            cost, sq = _huber_cost(r, delta), float(r @ r)
+        for pp in pairs if stacked is None else ():
             r = batch(pp, q[None])[0]
             cost += _huber_cost(r, delta)
             sq += float(r @ r)
@@ -290,11 +296,16 @@ def refine(
     for it in range(1, max_iterations + 1):  # noqa: B007
         JtJ = np.zeros((model.num_params, model.num_params))
         Jtr = np.zeros(model.num_params)
-        for pp in pairs:
-            idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
+        if stacked is not None:
+            blocks = stacked.jacobians(p)
+        else:
+            blocks = []
+            for pp in pairs:
+                idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
+                blocks.append((idx, *forward_jacobian(batch, pp, p, idx, eps)) if len(idx) else (idx, None, None))
+        for idx, J, r0 in blocks:
             if len(idx) == 0:
                 continue
-            J, r0 = forward_jacobian(batch, pp, p, idx, eps)
             w = _weights(r0, delta)
             Jw = J * w[:, None]
             JtJ[np.ix_(idx, idx)] += Jw.T @ J
