@@ -255,6 +255,8 @@ class CameraPairs:
         self.s_img, self.d_img = np.concatenate(s_img), np.concatenate(d_img)
         self.dpair = np.concatenate(dpair)
         self.counts = np.bincount(self.dpair, minlength=len(self.directed))
+        self.src_x, self.src_y = np.ascontiguousarray(self.src.T)
+        self.dst_x, self.dst_y = np.ascontiguousarray(self.dst.T)
         dir_arr = np.array(self.directed, np.intp).reshape(-1, 2)
         self.dp_s, self.dp_d = dir_arr[:, 0], dir_arr[:, 1]
         self.intr_cols = np.array([model._intrinsic_columns(v) for v in self.nodes])  # (n, 5)
@@ -310,9 +312,9 @@ class CameraPairs:
         # M = R_s R_d^T per directed pair: a source ray (row) times M is the destination camera ray.
         Rs, Rd = R[self.dp_s], R[self.dp_d]
         M = np.repeat((Rs @ Rd.transpose(0, 2, 1)).reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)
-        fs, pxs, pys, k1s, k2s = intr[self.s_img].T
-        fd, pxd, pyd, k1d, k2d = intr[self.d_img].T
-        ux, uy = (self.src[:, 0] - pxs) / fs, (self.src[:, 1] - pys) / fs
+        fs, pxs, pys, k1s, k2s = np.repeat(intr[self.dp_s].T, self.counts, axis=1)  # contiguous rows
+        fd, pxd, pyd, k1d, k2d = np.repeat(intr[self.dp_d].T, self.counts, axis=1)
+        ux, uy = (self.src_x - pxs) / fs, (self.src_y - pys) / fs
         x, y = undistort_xy(ux, uy, k1s, k2s)
         cx = x * M[0, 0] + y * M[1, 0] + M[2, 0]
         cy = x * M[0, 1] + y * M[1, 1] + M[2, 1]
@@ -323,8 +325,8 @@ class CameraPairs:
         sig = X * X + Y * Y
         h = 1.0 + k1d * sig + k2d * sig * sig
         res = np.empty((len(X), 2))
-        res[:, 0] = X * h * fd + pxd - self.dst[:, 0]
-        res[:, 1] = Y * h * fd + pyd - self.dst[:, 1]
+        res[:, 0] = X * h * fd + pxd - self.dst_x
+        res[:, 1] = Y * h * fd + pyd - self.dst_y
         if not derivatives:
             return res.ravel(), None
         J = np.empty((self.SLOTS, 2, len(X)))
