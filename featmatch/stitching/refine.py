@@ -14,7 +14,10 @@ weights, a numerical Jacobian per pair (only the pair's own parameters) and dens
 equations: small (tens of images) and fast. A pair's forward differences are evaluated in one
 batch: the unperturbed parameters and one copy per perturbed parameter are stacked into a
 ``(m, P)`` array and the model maps all of them at once (``matrices(v, Q)`` or
-``pair_residuals(pair, Q)``), which is what keeps the numpy overhead per pair small.
+``pair_residuals(pair, Q)``), which is what keeps the numpy overhead per pair small. A model
+may instead stack all pairs into one evaluation with analytic Jacobians (``stacked(pairs)``,
+as :class:`~featmatch.stitching.adjust.CameraModel` does): then the cost is one residual
+evaluation over all points and each iteration's Jacobians one more pass.
 """
 
 from __future__ import annotations
@@ -233,7 +236,9 @@ def refine(
         model: the parametrization: :class:`PlanarModel`, :class:`RotationModel` or
             :class:`~featmatch.stitching.adjust.CameraModel` (anything with ``num_params``,
             ``params_of(v)`` and one of: ``pair_residuals(pair, Q)`` (batched over the rows of
-            ``Q``), ``matrices(v, Q)`` (batched), ``pair_residual(pair, p)`` or ``matrix(v, p)``).
+            ``Q``), ``matrices(v, Q)`` (batched), ``pair_residual(pair, p)`` or ``matrix(v, p)``;
+            optionally ``stacked(pairs)``, an object with ``residuals(p)`` (all pairs
+            concatenated) and ``jacobians(p)`` (per pair: ``idx``, ``J``, residuals)).
         params: ``(P,)`` the starting values (from the chained pairwise estimates).
         pairs: the normalized inlier correspondences of every verified pair.
         scale: pixels per normalized unit (reports and the Huber threshold are in pixels).
