@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .camera import Camera, distort, undistort, undistort_xy
-from .refine import PairPoints, RefineReport, refine, rodrigues
+from .refine import PairPoints, RefineReport, StackedPairs, refine, rodrigues
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class CameraModel:
         return out
 
 
-class CameraPairs:
+class CameraPairs(StackedPairs):
     """The inliers of all pairs of a :class:`CameraModel`, both directions, as one set of arrays.
 
     :meth:`residuals` is :meth:`CameraModel.pair_residual` of every pair, concatenated;
@@ -236,52 +236,12 @@ class CameraPairs:
     SLOTS = 16
 
     def __init__(self, model: CameraModel, pairs: list[PairPoints]):
-        self.model = model
-        self.nodes = list(model.groups)
-        pos = {v: n for n, v in enumerate(self.nodes)}
-        self.pairs = pairs
-        src, dst, s_img, d_img, dpair = [], [], [], [], []
-        self.directed = []  # (s, d) per directed pair
-        for pp in pairs:
-            for a, b, s, d in ((pp.a, pp.b, pp.i, pp.j), (pp.b, pp.a, pp.j, pp.i)):
-                src.append(a)
-                dst.append(b)
-                dpair.append(np.full(len(a), len(self.directed)))
-                self.directed.append((pos[s], pos[d]))
-                s_img.append(np.full(len(a), pos[s]))
-                d_img.append(np.full(len(a), pos[d]))
-        self.src = np.concatenate(src)
-        self.dst = np.concatenate(dst)
-        self.s_img, self.d_img = np.concatenate(s_img), np.concatenate(d_img)
-        self.dpair = np.concatenate(dpair)
-        self.counts = np.bincount(self.dpair, minlength=len(self.directed))
-        self.src_x, self.src_y = np.ascontiguousarray(self.src.T)
-        self.dst_x, self.dst_y = np.ascontiguousarray(self.dst.T)
-        dir_arr = np.array(self.directed, np.intp).reshape(-1, 2)
-        self.dp_s, self.dp_d = dir_arr[:, 0], dir_arr[:, 1]
-        self.intr_cols = np.array([model._intrinsic_columns(v) for v in self.nodes])  # (n, 5)
-        # Per pair: its parameters and the slot -> column selection of each direction.
-        self.idx, self.select, self.rows = [], [], []
-        start = 0
-        for pp in pairs:
-            idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
-            sels = []
-            for s, d in ((pp.i, pp.j), (pp.j, pp.i)):
-                S = np.zeros((self.SLOTS, len(idx)))
-                glob = [
-                    *self._rot_cols(s),
-                    *self._rot_cols(d),
-                    *model._intrinsic_columns(s),
-                    *model._intrinsic_columns(d),
-                ]
-                for slot, g in enumerate(glob):
-                    if g >= 0 and model.free[g]:
-                        S[slot, np.searchsorted(idx, g)] += 1.0
-                sels.append(S)
-            self.idx.append(idx)
-            self.select.append(sels)
-            self.rows.append(start)
-            start += 2 * len(pp.a)
+        self.intr_cols = np.array([model._intrinsic_columns(v) for v in model.groups])  # (n, 5)
+        super().__init__(model, pairs, list(model.groups))
+
+    def slot_columns(self, s: int, d: int) -> list[int]:
+        m = self.model
+        return [*self._rot_cols(s), *self._rot_cols(d), *m._intrinsic_columns(s), *m._intrinsic_columns(d)]
 
     def _rot_cols(self, v: int) -> list[int]:
         if v == self.model.reference:
@@ -373,21 +333,6 @@ class CameraPairs:
         J[14, 0], J[14, 1] = fd * X * sig, fd * Y * sig
         J[15] = J[14] * sig
         return res.ravel(), J
-
-    def residuals(self, p: np.ndarray) -> np.ndarray:
-        """``(sum 4K,)``: every pair's :meth:`CameraModel.pair_residual`, concatenated in ``pairs`` order."""
-        return self._forward(p, False)[0]
-
-    def jacobians(self, p: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per pair: its parameters ``idx``, the Jacobian ``(4K, len(idx))`` and the residuals ``(4K,)``."""
-        r, J = self._forward(p, True)
-        out = []
-        for pp, idx, (S1, S2), start in zip(self.pairs, self.idx, self.select, self.rows, strict=True):
-            K = len(pp.a)
-            J1 = J[:, :, start : start + K].T.reshape(2 * K, self.SLOTS) @ S1
-            J2 = J[:, :, start + K : start + 2 * K].T.reshape(2 * K, self.SLOTS) @ S2
-            out.append((idx, np.concatenate([J1, J2]), r[2 * start : 2 * start + 4 * K]))
-        return out
 
 
 @dataclass(frozen=True)

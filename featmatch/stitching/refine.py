@@ -111,6 +111,140 @@ def _pair_residual(Mi: np.ndarray, Mj: np.ndarray, pp: PairPoints) -> np.ndarray
     return np.concatenate([r1, r2]).ravel()
 
 
+class StackedPairs:
+    """The inliers of all pairs, both directions, as one set of arrays (a model's ``stacked(pairs)``).
+
+    A subclass names, per directed pair ``(s, d)``, the parameters behind its ``SLOTS`` derivative
+    columns (:meth:`slot_columns`; -1: none) and computes all points' residuals and per-slot
+    derivatives at once (``_forward``); :meth:`jacobians` maps them onto each pair's parameters
+    (a parameter in two slots, such as a lens shared by both images, gets their sum).
+
+    Attributes:
+        src_x, src_y, dst_x, dst_y: ``(N,)`` every directed pair's points, pair after pair, ``(i, j)`` then ``(j, i)``.
+        dp_s, dp_d: per directed pair, the positions in ``nodes`` of its source and destination.
+        counts: points per directed pair.
+    """
+
+    SLOTS = 0
+
+    def __init__(self, model, pairs: list[PairPoints], nodes: list[int]):
+        self.model = model
+        self.nodes = nodes
+        pos = {v: n for n, v in enumerate(nodes)}
+        self.pairs = pairs
+        src, dst, directed = [], [], []
+        for pp in pairs:
+            for a, b, s, d in ((pp.a, pp.b, pp.i, pp.j), (pp.b, pp.a, pp.j, pp.i)):
+                src.append(a)
+                dst.append(b)
+                directed.append((pos[s], pos[d]))
+        self.counts = np.array([len(a) for a in src], np.intp)
+        src_all = np.concatenate(src) if src else np.zeros((0, 2))
+        dst_all = np.concatenate(dst) if dst else np.zeros((0, 2))
+        self.src_x, self.src_y = np.ascontiguousarray(src_all.T)
+        self.dst_x, self.dst_y = np.ascontiguousarray(dst_all.T)
+        dir_arr = np.array(directed, np.intp).reshape(-1, 2)
+        self.dp_s, self.dp_d = dir_arr[:, 0], dir_arr[:, 1]
+        free = getattr(model, "free", np.ones(model.num_params, bool))
+        # Per pair: its parameters and the slot -> column selection of each direction.
+        self.idx, self.select, self.rows = [], [], []
+        start = 0
+        for pp in pairs:
+            idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
+            sels = []
+            for s, d in ((pp.i, pp.j), (pp.j, pp.i)):
+                S = np.zeros((self.SLOTS, len(idx)))
+                for slot, g in enumerate(self.slot_columns(s, d)):
+                    if g >= 0 and free[g]:
+                        S[slot, np.searchsorted(idx, g)] += 1.0
+                sels.append(S)
+            self.idx.append(idx)
+            self.select.append(sels)
+            self.rows.append(start)
+            start += 2 * len(pp.a)
+
+    def per_point(self, per_pair: np.ndarray) -> np.ndarray:
+        """``(..., n_directed)`` values per directed pair -> ``(..., N)`` per point."""
+        return np.repeat(per_pair, self.counts, axis=-1)
+
+    def slot_columns(self, s: int, d: int) -> list[int]:
+        """The parameter behind each derivative slot of the directed pair ``s -> d`` (-1: none)."""
+        raise NotImplementedError
+
+    def _forward(self, p: np.ndarray, derivatives: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Residuals ``(2N,)`` (x, y per point) and, with ``derivatives``, ``J (SLOTS, 2, N)``."""
+        raise NotImplementedError
+
+    def residuals(self, p: np.ndarray) -> np.ndarray:
+        """``(sum 4K,)``: every pair's residuals, concatenated in ``pairs`` order."""
+        return self._forward(p, False)[0]
+
+    def jacobians(self, p: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per pair: its parameters ``idx``, the Jacobian ``(4K, len(idx))`` and the residuals ``(4K,)``."""
+        r, J = self._forward(p, True)
+        out = []
+        for pp, idx, (S1, S2), start in zip(self.pairs, self.idx, self.select, self.rows, strict=True):
+            K = len(pp.a)
+            J1 = J[:, :, start : start + K].T.reshape(2 * K, self.SLOTS) @ S1
+            J2 = J[:, :, start + K : start + 2 * K].T.reshape(2 * K, self.SLOTS) @ S2
+            out.append((idx, np.concatenate([J1, J2]), r[2 * start : 2 * start + 4 * K]))
+        return out
+
+
+class PlanarPairs(StackedPairs):
+    """:class:`StackedPairs` of the :class:`PlanarModel`: slots are ``M_s``'s and ``M_d``'s first 8 entries.
+
+    With ``T = M_d^-1 M_s`` and ``q = T [a, 1]``: ``d q / d M_s[r, c] = M_d^-1[:, r] a_c`` and
+    ``d q / d M_d[r, c] = -M_d^-1[:, r] q_c``.
+    """
+
+    SLOTS = 16
+
+    def __init__(self, model: PlanarModel, pairs: list[PairPoints]):
+        super().__init__(model, pairs, [model.reference, *model.slot])
+
+    def slot_columns(self, s: int, d: int) -> list[int]:
+        return [*self._cols(s), *self._cols(d)]
+
+    def _cols(self, v: int) -> list[int]:
+        return (
+            [-1] * 8 if v == self.model.reference else list(range(8 * self.model.slot[v], 8 * self.model.slot[v] + 8))
+        )
+
+    def _forward(self, p: np.ndarray, derivatives: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        M = np.stack([self.model.matrix(v, p) for v in self.nodes])
+        try:
+            Minv = np.linalg.inv(M)
+        except np.linalg.LinAlgError:
+            raise _Singular from None
+        T = Minv[self.dp_d] @ M[self.dp_s]
+        Tp = self.per_point(T.reshape(-1, 9).T).reshape(3, 3, -1)
+        x, y = self.src_x, self.src_y
+        q = [x * Tp[r, 0] + y * Tp[r, 1] + Tp[r, 2] for r in range(3)]
+        z = np.where(np.abs(q[2]) < 1e-12, 1e-12, q[2])
+        X, Y = q[0] / z, q[1] / z
+        res = np.empty((len(X), 2))
+        res[:, 0] = X - self.dst_x
+        res[:, 1] = Y - self.dst_y
+        if not derivatives:
+            return res.ravel(), None
+        N = self.per_point(Minv[self.dp_d].reshape(-1, 9).T).reshape(3, 3, -1)
+        inv_z = 1.0 / z
+        v = [((N[0, r] - X * N[2, r]) * inv_z, (N[1, r] - Y * N[2, r]) * inv_z) for r in range(3)]
+        w = (x, y, None)
+        J = np.empty((self.SLOTS, 2, len(X)))
+        for e in range(8):
+            r, c = divmod(e, 3)
+            for o in range(2):
+                J[e, o] = v[r][o] if w[c] is None else v[r][o] * w[c]
+                J[8 + e, o] = -v[r][o] * q[c]
+        return res.ravel(), J
+
+
+class _Singular(Exception):
+    """A stacked model met a singular matrix: refine() falls back to the per-pair path."""
+
+
 class PlanarModel:
     """Homographies to the reference image: 8 parameters per non-reference image."""
 
@@ -144,6 +278,10 @@ class PlanarModel:
             return np.broadcast_to(np.eye(3), (len(Q), 3, 3))
         k = self.slot[v]
         return np.concatenate([Q[:, 8 * k : 8 * k + 8], np.ones((len(Q), 1))], axis=1).reshape(-1, 3, 3)
+
+    def stacked(self, pairs: list[PairPoints]) -> PlanarPairs:
+        """All pairs' points in one set of arrays: residuals and analytic Jacobians in one pass."""
+        return PlanarPairs(self, pairs)
 
 
 class RotationModel:
@@ -284,16 +422,22 @@ def refine(
     prior_w = getattr(model, "prior_weight", np.zeros(model.num_params))
     prior_mean = getattr(model, "prior_mean", np.zeros(model.num_params))
 
+    def prior(q: np.ndarray) -> float:
+        return 0.5 * float(np.sum((prior_w * (q - prior_mean)) ** 2))
+
     def total(q: np.ndarray) -> tuple[float, float]:
         cost, sq = 0.0, 0.0
         if stacked is not None:
-            r = stacked.residuals(q)
-            cost, sq = _huber_cost(r, delta), float(r @ r)
-        for pp in pairs if stacked is None else ():
+            try:
+                r = stacked.residuals(q)
+            except _Singular:
+                r = np.concatenate([batch(pp, q[None])[0] for pp in pairs])
+            return _huber_cost(r, delta) + prior(q), float(np.sqrt(float(r @ r) / n_pts)) * scale
+        for pp in pairs:
             r = batch(pp, q[None])[0]
             cost += _huber_cost(r, delta)
             sq += float(r @ r)
-        cost += 0.5 * float(np.sum((prior_w * (q - prior_mean)) ** 2))
+        cost += prior(q)
         return cost, float(np.sqrt(sq / n_pts)) * scale
 
     cost, rms_before = total(p)
@@ -301,9 +445,11 @@ def refine(
     for it in range(1, max_iterations + 1):  # noqa: B007
         JtJ = np.zeros((model.num_params, model.num_params))
         Jtr = np.zeros(model.num_params)
-        if stacked is not None:
-            blocks = stacked.jacobians(p)
-        else:
+        try:
+            blocks = stacked.jacobians(p) if stacked is not None else None
+        except _Singular:
+            blocks = None
+        if blocks is None:
             blocks = []
             for pp in pairs:
                 idx = np.union1d(model.params_of(pp.i), model.params_of(pp.j))
