@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .camera import Camera, distort, undistort
-from .refine import PairPoints, RefineReport, refine
+from .camera import Camera, distort, undistort, undistort_xy
+from .refine import PairPoints, RefineReport, StackedPairs, refine, rodrigues
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,62 @@ class CameraModel:
         r2 = self._transfer(pp.j, pp.i, pp.b, p) - pp.a
         return np.concatenate([r1, r2]).ravel()
 
+    def _rotations(self, v: int, Q: np.ndarray) -> np.ndarray:
+        """:meth:`rotation` of every row of ``Q`` ``(m, P)`` -> ``(m, 3, 3)``."""
+        if v == self.reference:
+            return np.broadcast_to(np.eye(3), (len(Q), 3, 3))
+        k = self.slot[v]
+        return rodrigues(Q[:, 3 * k : 3 * k + 3])
+
+    def _intrinsic_columns(self, v: int) -> list[int]:
+        """Columns of ``f, px, py, k1, k2`` of image ``v`` in the parameter vector."""
+        o = self.base + GROUP_PARAMS * self.groups[v]
+        return [3 * len(self.slot) + self.focal_groups[v], o, o + 1, o + 2, o + 3]
+
+    def _transfer_batch(self, src: int, dst: int, pts: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_transfer` for every row of ``Q`` ``(m, P)`` -> x and y, each ``(m, K)``.
+
+        Works on separate x and y arrays (numpy reduces a last axis of length 2 slowly), and
+        undistorts only once per distinct source lens among the rows: the forward differences
+        perturb one parameter per row, so most rows share the unperturbed one.
+        """
+        cs = self._intrinsic_columns(src)
+        # The rows whose source intrinsics differ from row 0's, and which undistorted row each row uses.
+        own = np.flatnonzero(np.any(Q[1:, cs] != Q[0, cs], axis=1)) + 1
+        use = np.zeros(len(Q), np.intp)
+        use[own] = np.arange(1, len(own) + 1)
+        sel = np.r_[0, own]
+        f, px, py, k1, k2 = (Q[sel, c][:, None] for c in cs)
+        x, y = undistort_xy((pts[:, 0] - px) / f, (pts[:, 1] - py) / f, k1, k2)
+        x, y = x[use], y[use]
+        M = self._rotations(src, Q) @ self._rotations(dst, Q).transpose(0, 2, 1)  # rays @ R_dst^T
+        M = M[:, :, :, None]
+        cx = x * M[:, 0, 0] + y * M[:, 1, 0] + M[:, 2, 0]
+        cy = x * M[:, 0, 1] + y * M[:, 1, 1] + M[:, 2, 1]
+        z = x * M[:, 0, 2] + y * M[:, 1, 2] + M[:, 2, 2]
+        z = np.where(np.abs(z) < 1e-9, 1e-9, z)
+        X, Y = cx / z, cy / z
+        f2, px2, py2, k12, k22 = (Q[:, c][:, None] for c in self._intrinsic_columns(dst))
+        r2 = X * X + Y * Y
+        d = 1.0 + k12 * r2 + k22 * r2 * r2
+        return X * d * f2 + px2, Y * d * f2 + py2
+
+    def pair_residuals(self, pp: PairPoints, Q: np.ndarray) -> np.ndarray:
+        """:meth:`pair_residual` for every row of ``Q`` ``(m, P)`` -> ``(m, 4K)``."""
+        K = len(pp.a)
+        out = np.empty((len(Q), 2, K, 2))
+        x, y = self._transfer_batch(pp.i, pp.j, pp.a, Q)
+        np.subtract(x, pp.b[:, 0], out=out[:, 0, :, 0])
+        np.subtract(y, pp.b[:, 1], out=out[:, 0, :, 1])
+        x, y = self._transfer_batch(pp.j, pp.i, pp.b, Q)
+        np.subtract(x, pp.a[:, 0], out=out[:, 1, :, 0])
+        np.subtract(y, pp.a[:, 1], out=out[:, 1, :, 1])
+        return out.reshape(len(Q), -1)
+
+    def stacked(self, pairs: list[PairPoints]) -> CameraPairs:
+        """All pairs' points in one set of arrays: residuals and analytic Jacobians in one pass."""
+        return CameraPairs(self, pairs)
+
     def cameras(self, p: np.ndarray, shapes: dict[int, tuple[int, int]], scale: float) -> dict[int, Camera]:
         """The adjusted cameras in pixels."""
         out = {}
@@ -163,6 +219,120 @@ class CameraModel:
                 self.groups[v],
             )
         return out
+
+
+class CameraPairs(StackedPairs):
+    """The inliers of all pairs of a :class:`CameraModel`, both directions, as one set of arrays.
+
+    :meth:`residuals` is :meth:`CameraModel.pair_residual` of every pair, concatenated;
+    :meth:`jacobians` gives every pair's analytic Jacobian (chain rule through the lens, the
+    rotations (``cv2.Rodrigues``'s derivative) and the undistortion, the latter by implicit
+    differentiation of ``u = x (1 + k1 |x|^2 + k2 |x|^4)``). Computing all points at once keeps
+    the numpy overhead per pair out of the solver's inner loop.
+    """
+
+    #: Per point and direction, the derivative columns: source rotation (3), destination rotation
+    #: (3), source ``f, px, py, k1, k2``, destination ``f, px, py, k1, k2``.
+    SLOTS = 16
+
+    def __init__(self, model: CameraModel, pairs: list[PairPoints]):
+        self.intr_cols = np.array([model._intrinsic_columns(v) for v in model.groups])  # (n, 5)
+        super().__init__(model, pairs, list(model.groups))
+
+    def slot_columns(self, s: int, d: int) -> list[int]:
+        m = self.model
+        return [*self._rot_cols(s), *self._rot_cols(d), *m._intrinsic_columns(s), *m._intrinsic_columns(d)]
+
+    def _rot_cols(self, v: int) -> list[int]:
+        if v == self.model.reference:
+            return [-1, -1, -1]
+        k = self.model.slot[v]
+        return [3 * k, 3 * k + 1, 3 * k + 2]
+
+    def _rotations(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image ``R (n, 3, 3)`` and ``A (n, 3, 3)``: column ``k`` of ``A`` is the axis ``a_k`` with
+        ``dR / dr_k = [a_k]x R`` (from ``cv2.Rodrigues``'s derivative; zero for the reference)."""
+        R = np.empty((len(self.nodes), 3, 3))
+        A = np.zeros((len(self.nodes), 3, 3))
+        for n, v in enumerate(self.nodes):
+            if v == self.model.reference:
+                R[n] = np.eye(3)
+                continue
+            k = self.model.slot[v]
+            Rv, jac = cv2.Rodrigues(np.ascontiguousarray(p[3 * k : 3 * k + 3]))
+            R[n] = Rv
+            W = jac.reshape(3, 3, 3) @ Rv.T  # skew-symmetric [a_k]x
+            A[n] = np.stack([W[:, 2, 1], W[:, 0, 2], W[:, 1, 0]])
+        return R, A
+
+    def _forward(self, p: np.ndarray, derivatives: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Residuals ``(2N,)`` and, with ``derivatives``, ``J (SLOTS, 2, N)`` (see :data:`SLOTS`)."""
+        R, A = self._rotations(p)
+        intr = p[self.intr_cols]  # (n, 5)
+        # M = R_s R_d^T per directed pair: a source ray (row) times M is the destination camera ray.
+        Rs, Rd = R[self.dp_s], R[self.dp_d]
+        M = np.repeat((Rs @ Rd.transpose(0, 2, 1)).reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)
+        fs, pxs, pys, k1s, k2s = np.repeat(intr[self.dp_s].T, self.counts, axis=1)  # contiguous rows
+        fd, pxd, pyd, k1d, k2d = np.repeat(intr[self.dp_d].T, self.counts, axis=1)
+        ux, uy = (self.src_x - pxs) / fs, (self.src_y - pys) / fs
+        x, y = undistort_xy(ux, uy, k1s, k2s)
+        cx = x * M[0, 0] + y * M[1, 0] + M[2, 0]
+        cy = x * M[0, 1] + y * M[1, 1] + M[2, 1]
+        z = x * M[0, 2] + y * M[1, 2] + M[2, 2]
+        clamped = np.abs(z) < 1e-9
+        z = np.where(clamped, 1e-9, z)
+        X, Y = cx / z, cy / z
+        sig = X * X + Y * Y
+        h = 1.0 + k1d * sig + k2d * sig * sig
+        res = np.empty((len(X), 2))
+        res[:, 0] = X * h * fd + pxd - self.dst_x
+        res[:, 1] = Y * h * fd + pyd - self.dst_y
+        if not derivatives:
+            return res.ravel(), None
+        J = np.empty((self.SLOTS, 2, len(X)))
+        # G = d out / d cam (2 x 3): the lens's 2 x 2 times the projection's (1/z) [[1, 0, -X], [0, 1, -Y]].
+        inv_z = np.where(clamped, 0.0, 1.0 / z)
+        hp2 = 2.0 * (k1d + 2.0 * k2d * sig)
+        a00, a01, a11 = fd * (h + hp2 * X * X), fd * hp2 * X * Y, fd * (h + hp2 * Y * Y)
+        G = np.stack(
+            [
+                [a00 * inv_z, a01 * inv_z, -(a00 * X + a01 * Y) * inv_z],
+                [a01 * inv_z, a11 * inv_z, -(a01 * X + a11 * Y) * inv_z],
+            ]
+        )  # (2, 3, N)
+        # H = G M^T (2 x 3): d out / d [x, y, 1] of the source ray.
+        H = np.einsum("arn,crn->acn", G, M)
+        # Source rotation: d cam = M^T (w x a_k), so d out_a = a_k . (H_a x w) with w = (x, y, 1).
+        # Destination rotation: d cam = b_k x cam, so d out_a = b_k . (cam x G_a).
+        w = np.stack([x, y, np.ones_like(x)])
+        cam = np.stack([cx, cy, z])
+        As = np.repeat(A[self.dp_s].reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)  # [comp, k, N]
+        Ad = np.repeat(A[self.dp_d].reshape(-1, 9).T, self.counts, axis=1).reshape(3, 3, -1)
+        for o in range(2):
+            Bs = np.cross(H[o], w, axis=0)
+            Bd = np.cross(cam, G[o], axis=0)
+            J[0:3, o] = Bs[0] * As[0] + Bs[1] * As[1] + Bs[2] * As[2]
+            J[3:6, o] = Bd[0] * Ad[0] + Bd[1] * Ad[1] + Bd[2] * Ad[2]
+        # Source intrinsics: E dx = du with E = g I + c x x^T, E^-1 = (I - c x x^T / (g + c rho)) / g.
+        rho = x * x + y * y
+        g = 1.0 + k1s * rho + k2s * rho * rho
+        c = 2.0 * (k1s + 2.0 * k2s * rho)
+        cc = c / (g + c * rho)
+        e00, e01, e11 = (1.0 - cc * x * x) / g, -cc * x * y / g, (1.0 - cc * y * y) / g
+        for o in range(2):
+            h0 = H[o, 0] * e00 + H[o, 1] * e01  # (H E^-1)[o]: d out_o / d u
+            h1 = H[o, 0] * e01 + H[o, 1] * e11
+            J[6, o] = -(h0 * ux + h1 * uy) / fs  # f: du = -u / f
+            J[7, o] = -h0 / fs
+            J[8, o] = -h1 / fs
+            J[9, o] = -(h0 * x + h1 * y) * rho  # k1: E dx = -x rho
+            J[10, o] = J[9, o] * rho  # k2: E dx = -x rho^2
+        J[11, 0], J[11, 1] = X * h, Y * h
+        J[12:14] = 0.0
+        J[12, 0] = J[13, 1] = 1.0
+        J[14, 0], J[14, 1] = fd * X * sig, fd * Y * sig
+        J[15] = J[14] * sig
+        return res.ravel(), J
 
 
 @dataclass(frozen=True)

@@ -120,21 +120,43 @@ def wave_correct(rotations: dict[int, np.ndarray], reference: int, min_spread: f
 UNDISTORT_ITERATIONS = 8
 
 
-def distort(x: np.ndarray, k1: float, k2: float) -> np.ndarray:
-    """Brown's radial distortion of normalized camera coordinates ``(K, 2)``: ``x (1 + k1 r^2 + k2 r^4)``."""
+def distort(x: np.ndarray, k1: float | np.ndarray, k2: float | np.ndarray) -> np.ndarray:
+    """Brown's radial distortion of normalized camera coordinates ``(..., K, 2)``: ``x (1 + k1 r^2 + k2 r^4)``.
+
+    ``k1`` and ``k2`` are numbers, or arrays that broadcast against ``(..., K, 1)`` (one lens per
+    batch row: ``(m, 1, 1)`` for ``x`` of shape ``(m, K, 2)``).
+    """
     r2 = np.sum(x * x, axis=-1, keepdims=True)
     return x * (1.0 + k1 * r2 + k2 * r2 * r2)
 
 
-def undistort(xd: np.ndarray, k1: float, k2: float) -> np.ndarray:
-    """The inverse of :func:`distort`, by fixed-point iteration (exact when ``k1 = k2 = 0``)."""
-    if k1 == 0.0 and k2 == 0.0:
+def undistort(xd: np.ndarray, k1: float | np.ndarray, k2: float | np.ndarray) -> np.ndarray:
+    """The inverse of :func:`distort`, by fixed-point iteration (exact when ``k1 = k2 = 0``).
+
+    Batched like :func:`distort`; a row whose ``k1 = k2 = 0`` comes back unchanged (it is
+    divided by exactly 1).
+    """
+    if not (np.any(k1) or np.any(k2)):
         return xd
     x = xd
     for _ in range(UNDISTORT_ITERATIONS):
         r2 = np.sum(x * x, axis=-1, keepdims=True)
         x = xd / (1.0 + k1 * r2 + k2 * r2 * r2)
     return x
+
+
+def undistort_xy(
+    xd: np.ndarray, yd: np.ndarray, k1: float | np.ndarray, k2: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`undistort` of coordinates given as separate x and y arrays (the same iterations, faster)."""
+    if not (np.any(k1) or np.any(k2)):
+        return xd, yd
+    x, y = xd, yd
+    for _ in range(UNDISTORT_ITERATIONS):
+        r2 = x * x + y * y
+        d = 1.0 + k1 * r2 + k2 * r2 * r2
+        x, y = xd / d, yd / d
+    return x, y
 
 
 def monotonic_radius(k1: float, k2: float, cap: float = 4.0) -> float:
