@@ -379,3 +379,32 @@ def test_registration_runs_at_the_register_resolution(grid_views, monkeypatch):
     seen.clear()
     stitch(big, descriptor="sift", register_megapixels=None, projection="planar", crop=False)
     assert [s for s in seen] == [(3 * VIEW, 3 * VIEW)] * 2
+
+
+def test_warped_pixels_outside_the_image_continue_its_border():
+    # The multi-band blender's pyramids reach past each mask: outside its image a warped piece
+    # must continue the image's nearest border pixels, not one fill colour (that showed as a
+    # dark halo wherever a seam ran along an image's border: parrington, xue).
+    import cv2 as _cv2
+
+    from featmatch.stitching.camera import Camera
+    from featmatch.stitching.warp import surface_layout, warp_surface
+
+    h, w = 200, 300
+    ramp = np.tile(np.linspace(20, 230, w, dtype=np.float32), (h, 1))
+    color = _cv2.merge([ramp, ramp, ramp]).astype(np.uint8)
+    cam = Camera(_cv2.Rodrigues(np.array([0.1, 0.2, 0.0]))[0], 250.0, (w - 1) / 2, (h - 1) / 2)
+    surface = surface_layout("cylindrical", {0: cam}, {0: (h, w)}, 250.0, None)
+    (piece,) = warp_surface(0, color, cam, surface)
+    inside = piece.mask > 0
+    outside = ~inside & (_cv2.dilate(inside.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0)
+    assert outside.sum() > 100
+    # every pixel just outside the image is within a few levels of the nearest pixel inside it
+    _, labels = _cv2.distanceTransformWithLabels(
+        (~inside).astype(np.uint8), _cv2.DIST_L2, 5, labelType=_cv2.DIST_LABEL_PIXEL
+    )
+    ys, xs = np.nonzero(inside)
+    nearest = np.zeros(labels.max() + 1, np.float32)
+    nearest[labels[ys, xs]] = piece.image[ys, xs, 0]
+    diff = np.abs(piece.image[..., 0].astype(np.float32) - nearest[labels])[outside]
+    assert np.percentile(diff, 95) < 12, np.percentile(diff, 95)

@@ -379,6 +379,10 @@ def _warp_region(index: int, color: np.ndarray, cam: Camera, surface: Surface, r
     shape = color.shape[:2]
     mx, my, valid = region_maps(cam, surface, roi)
     valid &= (mx >= -0.5) & (mx <= shape[1] - 0.5) & (my >= -0.5) & (my <= shape[0] - 0.5)
-    mx[~valid], my[~valid] = -10.0, -10.0
-    img = cv2.remap(color, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    # Pixels outside the image continue its nearest border pixels (not one fill colour): the
+    # multi-band blender's pyramids reach past each mask, and a flat fill there shows up as a
+    # dark or bright halo wherever a seam runs along an image's border.
+    np.clip(mx, 0.0, shape[1] - 1.0, out=mx)
+    np.clip(my, 0.0, shape[0] - 1.0, out=my)
+    img = cv2.remap(color, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return Warped(index, img, valid.astype(np.uint8) * 255, (x, y))
