@@ -653,6 +653,36 @@ def test_workers_that_are_still_starting_die_with_the_driver(tmp_path, how):
         assert text.strip().endswith("featmatch: interrupted") and len(stderr_lines(text)) <= 2, text
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="needs POSIX signal masks")
+def test_a_ctrl_c_while_the_driver_starts_a_worker_is_not_lost(monkeypatch):
+    """The driver ignored SIGINT while it spawned a worker, so that the worker inherited the
+    ignored signal: a Ctrl-C in that window was lost to the driver too, and the run finished
+    with exit 0 (the Ctrl-C case above failed now and then on a loaded machine)."""
+    import signal
+    import threading
+    from multiprocessing import popen_spawn_posix
+
+    from featmatch.batching import runner
+
+    quit_helper = threading.Event()
+    helper = threading.Thread(target=quit_helper.wait)  # a thread that takes the signal, as ORT's and OpenMP's do
+    helper.start()
+
+    class CtrlCDuringSpawn:
+        def __init__(self, process_obj):
+            os.kill(os.getpid(), signal.SIGINT)  # to the process, as the terminal sends it
+            time.sleep(0.3)  # the helper thread has taken it by now
+
+    monkeypatch.setattr(popen_spawn_posix, "Popen", CtrlCDuringSpawn)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with runner._launching_workers():
+                runner._mainless_popen(object())
+    finally:
+        quit_helper.set()
+        helper.join()
+
+
 # -- row 11: no temporary file left beside an output ---------------------------------------------
 
 

@@ -313,10 +313,15 @@ def _mainless_popen(process_obj):
             data.pop("init_main_from_name", None)
         return data
 
-    # A worker ignores Ctrl-C from its first instruction (an ignored signal stays ignored across
-    # exec, and Python keeps it so): Ctrl-C reaches the terminal's whole process group, and the
-    # driver alone stops the run in order. Before, a worker still importing featmatch died of it.
+    # A worker ignores Ctrl-C from its first instruction: Ctrl-C reaches the terminal's whole
+    # process group, and the driver alone stops the run in order. Before, a worker still importing
+    # featmatch died of it. Inside _launching_workers SIGINT is blocked in this thread, and the
+    # worker inherits that mask across exec, which is enough. Only outside it is SIGINT ignored
+    # here for the spawn (an ignored signal stays ignored across exec): an ignored Ctrl-C is lost
+    # to the driver too, and a Ctrl-C in that window let the run finish with exit 0.
     in_main = threading.current_thread() is threading.main_thread()
+    blocked = hasattr(signal, "pthread_sigmask") and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    in_main = in_main and not blocked
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     with _PREP_LOCK:
         spawn.get_preparation_data = without_main
