@@ -78,6 +78,9 @@ def test_pairs_specs(tmp_path):
     f.write_text("a a\n")
     with pytest.raises(ConfigError, match="itself"):
         read_pairs_file(f, ["a"])
+    f.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR a b\n")  # an image passed as the pairs file
+    with pytest.raises(ConfigError, match="binary data"):
+        read_pairs_file(f, ["a", "b"])
 
 
 def test_pair_generators():

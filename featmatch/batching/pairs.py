@@ -97,16 +97,19 @@ def read_pairs_file(path: str | Path, names: Sequence[str]) -> list[Pair]:
     Exact repeats are dropped; ``a b`` and ``b a`` are different pairs (opposite directions).
 
     Raises:
-        ConfigError: a malformed line, an unknown name or an image paired with itself.
+        ConfigError: a malformed line, an unknown name, an image paired with itself, or binary data.
     """
     known = set(names)
     pairs: list[Pair] = []
     seen: set[Pair] = set()
     # surrogateescape: names that are not UTF-8 come back as the folder listing spells them (os.fsdecode)
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the pairs file '{printable(path)}': {exc.strerror or exc}") from None
+    if b"\x00" in data:  # an image or an HDF5 cache passed by mistake
+        raise ConfigError(f"'{printable(path)}' is not a text file of image pairs (it holds binary data)")
+    text = data.decode("utf-8", errors="surrogateescape")
     for lineno, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
