@@ -108,3 +108,27 @@ def test_report_names_flags_cpuid_denies_and_the_share_of_the_engine_auto_runs()
     assert "onnx int8-w7 reaches 40 % of the ISA's int8 limit" in text and "reaches 60 %" not in text
     cpu.pop("denied_by_cpuid")
     assert "CPUID denies" not in format_report(result)
+
+
+def test_report_says_when_a_measured_rate_beats_the_isa_limit_at_the_reported_clock():
+    """Under an AVX2 mask on a VM reporting 2,596 MHz, onnx fp32 measured 159 % and int8 145 %
+    of their limits: no kernel beats its ISA, the CPU runs faster than the clock it reports, and
+    the report printed those shares without a word."""
+    cpu = {"model": "AMD EPYC", "arch": "x86_64", "cores": 2, "mhz": 2596.0, "isa": ["AVX2"]}
+    engine = {"ratio_vs_kornia": 2.0, "min_cosine_vs_kornia": 0.99, "mean_cosine_vs_kornia": 0.999}
+    limits = {"fp32": {"isa": "AVX2", "derivation": "16 MAC/cycle/core", "patches_per_s": 2125.0},
+              "int8": {"isa": "AVX2", "derivation": "32 MAC/cycle/core", "patches_per_s": 4250.0}}  # fmt: skip
+
+    def report(fp32_share, int8_share):
+        row = {"batch": 256, "kornia_fp32_per_s": 1000.0, "engines": {
+            "onnx fp32": dict(engine, per_s=2125.0 * fp32_share, share_of_isa_limit=fp32_share),
+            "onnx int8-w7": dict(engine, per_s=4250.0 * int8_share, share_of_isa_limit=int8_share)}}  # fmt: skip
+        return format_report({"device": "cpu", "engines": {
+            "cpu": cpu, "auto_label": "onnx int8-w7", "auto": {"why": "AVX2"}, "isa_limits": limits, "weights": "w",
+            "torch_threads": 2, "rows": [row]}})  # fmt: skip
+
+    text = report(1.59, 1.45)
+    assert "Measured above the ISA limit (fp32, int8)" in text and "2,596 MHz" in text
+    assert "reaches 145 % of the ISA's int8 limit" in text and "the real share is lower" in text
+    plain = report(0.7, 0.5)
+    assert "above the ISA limit" not in plain and "the real share is lower" not in plain
