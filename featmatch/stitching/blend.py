@@ -53,10 +53,12 @@ def blend(
     for k, w in enumerate(warped):
         x, y, rw, rh = w.roi
         mask = ((owner[y : y + rh, x : x + rw] == k) & (w.mask > 0)).astype(np.uint8) * 255
-        blender.feed(w.image.astype(np.int16), mask, (x, y))
+        blender.feed(w.image, mask, (x, y))  # uint8 as it is: the same pyramids as from an int16 copy
     result, _ = blender.blend(None, None)
-    pano = np.clip(result, 0, 255).astype(np.uint8)
-    pano[~valid] = 0
+    # int16 -> uint8 with saturation, the pixels outside every image left at 0: one pass and
+    # no int16 temporary of the canvas's size (np.clip made one)
+    pano = np.zeros((height, width, 3), np.uint8)
+    cv2.add(result, (0, 0, 0, 0), dst=pano, mask=valid.view(np.uint8), dtype=cv2.CV_8U)
     return pano, valid, owner
 
 

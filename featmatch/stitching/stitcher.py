@@ -279,6 +279,11 @@ def stitch(
         if _retry_with_views(matcher, loaded, candidates, verified, edges, shapes, cfg, progress):
             timings["retry"] = _ms(t0)
 
+    # From here on only the colour images are needed: the float gray copies (4 bytes a pixel,
+    # more than the colour's 3) are freed with the Images this call loaded.
+    colors = [im.color for im in loaded]
+    del loaded
+
     if not verified:
         tried = sorted(edges.values(), key=lambda e: -e.inliers)
         best = f"; best pair {names[tried[0].i]} - {names[tried[0].j]}: {tried[0].reason}" if tried else ""
@@ -333,7 +338,7 @@ def stitch(
 
     t0 = time.perf_counter()
     placed = tuple(main)
-    colors = {v: loaded[v].color for v in main}
+    colors = {v: colors[v] for v in main}  # the images left out are freed too
     homographies: dict[int, np.ndarray] = {}
     main_shapes = {v: shapes[v] for v in main}
     closed = False
@@ -364,7 +369,9 @@ def stitch(
     small, scale = seams.shrink(warped)
     if cfg.exposure and len(warped) > 1:
         comp = exposure.fit(small)
-        warped, small = comp.apply_all(warped), comp.apply_all(small)
+        for k, w in enumerate(warped):  # in place: one uncorrected copy at a time stays alive, not all
+            warped[k] = comp.apply(k, w)
+        small = comp.apply_all(small)
     owner = seams.find(small, scale, warped, canvas, cfg.seam) if cfg.blend != "feather" else None
     pano, valid, owner = blending.blend(warped, canvas, cfg.blend, owner)
     owner = np.append(np.array([placed.index(w.index) for w in warped], np.int16), -1)[owner]  # pieces -> placed
