@@ -319,17 +319,16 @@ def _mainless_popen(process_obj):
     # worker inherits that mask across exec, which is enough. Only outside it is SIGINT ignored
     # here for the spawn (an ignored signal stays ignored across exec): an ignored Ctrl-C is lost
     # to the driver too, and a Ctrl-C in that window let the run finish with exit 0.
-    in_main = threading.current_thread() is threading.main_thread()
     blocked = hasattr(signal, "pthread_sigmask") and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    in_main = in_main and not blocked
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    ignore = threading.current_thread() is threading.main_thread() and not blocked  # only there can it change
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
     with _PREP_LOCK:
         spawn.get_preparation_data = without_main
         try:
             return popen_spawn_posix.Popen(process_obj)
         finally:
             spawn.get_preparation_data = original
-            if in_main:  # None: a handler installed outside Python, which cannot be put back; Python's default then
+            if ignore:  # None: a handler installed outside Python, which cannot be put back; Python's default then
                 signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 

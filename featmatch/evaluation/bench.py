@@ -225,6 +225,11 @@ def _kernels(cpu) -> dict:
     return {"fp32": fp32, "bf16": bf16, "int8": int8}
 
 
+def _precision_of(label: str) -> str:
+    """The arithmetic of an engine row (``onnx int8-w7``, ``torch bf16``, ...): the key of its ISA limit."""
+    return "int8" if "int8" in label else ("bf16" if "bf16" in label else "fp32")
+
+
 def isa_limits(cpu) -> dict:
     """Patches/s the ISA allows for fp32 and int8: MAC/cycle/core x cores x clock / HARDNET_MACS.
 
@@ -321,7 +326,7 @@ def bench_describe_without_torch(config: BenchConfig, log: Callable[[str], None]
             log(f"bench engines: batch {bs}: {label}")
             t = _median_time(lambda e=engine, x=x: e(x), config.describe_repeats)
             cos = np.sum(ref * engine(x), axis=1)
-            kind = "int8" if "int8" in label else "fp32"
+            kind = _precision_of(label)
             lim = limits.get(kind, {}).get("patches_per_s")
             row["engines"][label] = {
                 "per_s": bs / t,
@@ -397,7 +402,7 @@ def bench_describe(config: BenchConfig, net, note: str, log: Callable[[str], Non
     limits = isa_limits(cpu) if dev == "cpu" else {}
     for row in rows:
         for label, r in row["engines"].items():
-            kind = "int8" if "int8" in label else ("bf16" if "bf16" in label else "fp32")
+            kind = _precision_of(label)
             lim = limits.get(kind, {})
             r["share_of_isa_limit"] = r["per_s"] / lim["patches_per_s"] if lim.get("patches_per_s") else None
     return {
@@ -647,7 +652,7 @@ def _above_the_limit(engines: dict) -> list[str]:
     out = []
     for row in engines.get("rows", []):
         for label, e in row["engines"].items():
-            kind = "int8" if "int8" in label else ("bf16" if "bf16" in label else "fp32")
+            kind = _precision_of(label)
             share = e.get("share_of_isa_limit")
             if share is not None and share > 1.0 and kind not in out:
                 out.append(kind)
