@@ -6,7 +6,7 @@ length after the name, which is ignored). Otherwise its images are taken in *nat
 digit runs compare as numbers, so ``2.jpg`` comes before ``10.jpg``, and case is ignored.
 The same walk of the folder finds the devices, pipes and sockets named like images, which
 ``batch`` leaves out with a warning (:func:`list_folder`). :func:`read_name_list` reads
-``image_list.txt`` and ``batch``'s list file alike.
+``image_list.txt`` and ``batch``'s list file alike; :func:`read_list_text` also ``batch``'s pairs file.
 """
 
 from __future__ import annotations
@@ -43,23 +43,38 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_name_list(path: Path) -> list[str]:
-    """The names a text list of images holds: its lines, stripped, without blank lines and lines
-    that start with ``#``. Both ``image_list.txt`` and ``batch``'s list file are read here.
+def read_list_text(path: str | os.PathLike, what: str, holds: str, hint: str = "") -> str:
+    """The text of a list file (``image_list.txt``, ``batch``'s list and pairs files).
 
     Bytes that are not UTF-8 (a Latin-1 name) decode as :func:`os.fsdecode` spells such file names.
+
+    Args:
+        what: the file's name in the messages (``image list``).
+        holds: what a text file of this kind holds (``list of image names``).
+        hint: appended to the binary-data message.
 
     Raises:
         ConfigError: the file cannot be read, or it holds binary data (an image is not a list).
     """
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read the image list '{printable(path)}': {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read the {what} '{printable(path)}': {exc.strerror or exc}") from None
     if b"\x00" in data:
-        hint = "; is it an image? pass its folder" if is_image_name(path) else ""
-        raise ConfigError(f"'{printable(path)}' is not a text list of image names (it holds binary data{hint})")
-    lines = (line.strip() for line in data.decode("utf-8", errors="surrogateescape").splitlines())
+        raise ConfigError(f"'{printable(path)}' is not a text {holds} (it holds binary data{hint})")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def read_name_list(path: Path) -> list[str]:
+    """The names a text list of images holds: its lines, stripped, without blank lines and lines
+    that start with ``#``. Both ``image_list.txt`` and ``batch``'s list file are read here.
+
+    Raises:
+        ConfigError: the file cannot be read, or it holds binary data (an image is not a list).
+    """
+    hint = "; is it an image? pass its folder" if is_image_name(path) else ""
+    text = read_list_text(path, "image list", "list of image names", hint)
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

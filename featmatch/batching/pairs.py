@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, printable
+from ..folders import read_list_text
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +103,8 @@ def read_pairs_file(path: str | Path, names: Sequence[str]) -> list[Pair]:
     known = set(names)
     pairs: list[Pair] = []
     seen: set[Pair] = set()
-    # surrogateescape: names that are not UTF-8 come back as the folder listing spells them (os.fsdecode)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the pairs file '{printable(path)}': {exc.strerror or exc}") from None
-    if b"\x00" in data:  # an image or an HDF5 cache passed by mistake
-        raise ConfigError(f"'{printable(path)}' is not a text file of image pairs (it holds binary data)")
-    text = data.decode("utf-8", errors="surrogateescape")
+    # names that are not UTF-8 come back as the folder listing spells them (os.fsdecode)
+    text = read_list_text(path, "pairs file", "file of image pairs")
     for lineno, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
