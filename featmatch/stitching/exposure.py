@@ -70,8 +70,11 @@ class Compensation:
         return Warped(w.index, out, w.mask, w.corner)
 
     def apply_all(self, warped: list[Warped]) -> list[Warped]:
-        """Every image with its corrections (``warped[k]`` is image ``k``)."""
-        return [self.apply(k, w) for k, w in enumerate(warped)]
+        """Every image with its corrections (``warped[k]`` is image ``k``), replaced in ``warped``
+        one at a time (only one uncorrected copy is alive beside the corrected ones); returns ``warped``."""
+        for k, w in enumerate(warped):
+            warped[k] = self.apply(k, w)
+        return warped
 
 
 def _hat_basis(levels: np.ndarray | None = None) -> np.ndarray:

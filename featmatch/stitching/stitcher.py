@@ -369,9 +369,8 @@ def stitch(
     small, scale = seams.shrink(warped)
     if cfg.exposure and len(warped) > 1:
         comp = exposure.fit(small)
-        for k, w in enumerate(warped):  # in place: one uncorrected copy at a time stays alive, not all
-            warped[k] = comp.apply(k, w)
-        small = comp.apply_all(small)
+        comp.apply_all(warped)  # in place
+        comp.apply_all(small)
     owner = seams.find(small, scale, warped, canvas, cfg.seam) if cfg.blend != "feather" else None
     pano, valid, owner = blending.blend(warped, canvas, cfg.blend, owner)
     owner = np.append(np.array([placed.index(w.index) for w in warped], np.int16), -1)[owner]  # pieces -> placed
